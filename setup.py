@@ -1,0 +1,29 @@
+"""contrastive_jax: contrastive pretraining (SimCLR, MoCo, SupCon, CLIP, SigLIP) in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="contrastive_jax",
+    version="0.1.0",
+    description="Contrastive pretraining at accelerator scale in JAX/Flax.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["contrastive_jax", "contrastive_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.6.0",
+        "flax>=0.10.0",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11.0",
+        "tensorflow-cpu>=2.16; sys_platform == 'linux' and platform_machine == 'x86_64'",
+        "tensorflow>=2.16; sys_platform != 'linux' or platform_machine != 'x86_64'",
+        "tensorflow-datasets>=4.9",
+        "ml-collections>=0.1.1",
+        "einops>=0.7",
+        "absl-py>=1.0",
+        "numpy>=1.24",
+    ],
+    extras_require={
+        "test": ["pytest>=7.0", "pytest-xdist>=3.0"],
+    },
+)
