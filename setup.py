@@ -24,6 +24,7 @@ setup(
         "numpy>=1.24",
     ],
     extras_require={
-        "test": ["pytest>=7.0", "pytest-xdist>=3.0"],
+        "demo": ["mlxtend>=0.23"],
+        "test": ["pytest>=7.0", "pytest-xdist>=3.0", "mlxtend>=0.23"],
     },
 )
