@@ -1,0 +1,305 @@
+"""Contrastive losses over embeddings gathered from every device.
+
+Every function is pure `jnp`, jit-able and differentiable. Inputs of any float dtype are cast to
+float32 before the similarities are formed, so logits, losses and diagnostics are float32 while
+gradients come back in the input's dtype. Cosine-similarity losses L2-normalise their inputs.
+
+Under a named axis (`axis_name="data"` inside `pmap` or `shard_map`), each function returns the
+loss of this device's anchors against candidates from all devices. The `pmean` of that over the
+axis equals the single-device loss on the concatenated global batch, and the `pmean` of the
+per-device gradients equals the single-device gradient: `all_gather`'s transpose sums the
+cotangents of every device's copy back onto the device that owns the embedding.
+
+`with_metrics=True` additionally returns this device's diagnostics, as the SimCLR reference logs
+them: `contrastive_top1` (the positive is the arg-max among all global candidates) and
+`contrastive_entropy` (entropy of the softmax over the candidates), both per-device means.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Metrics = dict[str, Array]
+
+_MASKED = -jnp.inf
+
+
+def l2_normalize(x: Array, eps: float = 1e-12) -> Array:
+    """Unit-normalises the last axis in float32 (eps guards the zero vector)."""
+    x = x.astype(jnp.float32)
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+
+
+def gather(x: Array, axis_name: str | None) -> Array:
+    """Concatenates `x` from every device along axis 0 (identity without an axis)."""
+    if axis_name is None:
+        return x
+    return jax.lax.all_gather(x, axis_name, tiled=True)
+
+
+def global_offset(local_size: int, axis_name: str | None) -> Array:
+    """Index of this device's first row in the gathered (global) batch."""
+    if axis_name is None:
+        return jnp.zeros((), jnp.int32)
+    return jax.lax.axis_index(axis_name) * local_size
+
+
+def _check_temperature(temperature: float) -> None:
+    if isinstance(temperature, (int, float)) and temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
+def _softmax_loss_and_metrics(
+    logits: Array, positive_mask: Array, with_metrics: bool
+) -> Array | tuple[Array, Metrics]:
+    """Mean over rows of -mean_{p in positives} log softmax(logits)_p, and diagnostics.
+
+    Masked candidates carry -inf logits. With one positive per row this is cross-entropy.
+    """
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    positives = positive_mask.astype(jnp.float32)
+    positive_log_probs = jnp.sum(jnp.where(positive_mask, log_probs, 0.0), axis=-1)
+    loss = -jnp.mean(positive_log_probs / jnp.sum(positives, axis=-1))
+    if not with_metrics:
+        return loss
+    probs = jnp.exp(log_probs)
+    entropy = -jnp.sum(jnp.where(probs > 0, probs * log_probs, 0.0), axis=-1)
+    best = jnp.argmax(logits, axis=-1)
+    top1 = jnp.take_along_axis(positive_mask, best[:, None], axis=-1)[:, 0]
+    metrics = {
+        "contrastive_top1": jnp.mean(top1.astype(jnp.float32)),
+        "contrastive_entropy": jnp.mean(entropy),
+    }
+    return loss, metrics
+
+
+def _two_view_logits(
+    z1: Array, z2: Array, temperature: float, axis_name: str | None
+) -> tuple[Array, Array, Array]:
+    """Logits of this device's 2n anchors against all 2N embeddings, self-similarity masked.
+
+    Returns (logits [2n, 2N], anchor global ids [2n], candidate global ids [2N]), where the id of
+    view-1 row r is r and of view-2 row r is N + r, so a pair (i, i) sits N ids apart.
+    """
+    _check_temperature(temperature)
+    n = z1.shape[0]
+    anchors = l2_normalize(jnp.concatenate([z1, z2], axis=0))
+    candidates = jnp.concatenate([gather(l2_normalize(z1), axis_name),
+                                  gather(l2_normalize(z2), axis_name)], axis=0)
+    num_global = candidates.shape[0] // 2
+    local_rows = global_offset(n, axis_name) + jnp.arange(n)
+    anchor_ids = jnp.concatenate([local_rows, local_rows + num_global])
+    candidate_ids = jnp.arange(2 * num_global)
+    logits = anchors @ candidates.T / temperature
+    logits = jnp.where(anchor_ids[:, None] == candidate_ids[None, :], _MASKED, logits)
+    return logits, anchor_ids, candidate_ids
+
+
+def nt_xent(
+    z1: Array, z2: Array, temperature: float, *, axis_name: str | None = None,
+    with_metrics: bool = False,
+) -> Array | tuple[Array, Metrics]:
+    """SimCLR's NT-Xent (normalised temperature-scaled cross-entropy).
+
+    With s_ij = cos(z_i, z_j) / T over the 2N embeddings of both views, the loss of anchor i with
+    positive j (its other view) is l(i, j) = -log exp(s_ij) / sum_{k != i} exp(s_ik), and
+    L = 1/(2N) sum_i [l(i, j) + l(j, i)]: every other embedding is a negative (2N - 2 of them).
+    Chen et al. 2020, "A Simple Framework for Contrastive Learning of Visual Representations".
+    """
+    logits, anchor_ids, candidate_ids = _two_view_logits(z1, z2, temperature, axis_name)
+    num_global = candidate_ids.shape[0] // 2
+    partner_ids = (anchor_ids + num_global) % (2 * num_global)
+    positive_mask = partner_ids[:, None] == candidate_ids[None, :]
+    return _softmax_loss_and_metrics(logits, positive_mask, with_metrics)
+
+
+def supcon(
+    z1: Array, z2: Array, labels: Array, temperature: float, *, axis_name: str | None = None,
+    with_metrics: bool = False,
+) -> Array | tuple[Array, Metrics]:
+    """Supervised contrastive loss, the L_out form (Khosla et al. 2020, eq. 2).
+
+    Over the 2N embeddings of both views, P(i) = {p != i : y_p = y_i} and
+    L = 1/(2N) sum_i -1/|P(i)| sum_{p in P(i)} log exp(s_ip) / sum_{a != i} exp(s_ia),
+    s = cos / T. With labels = arange(N) each anchor's only positive is its other view, and the
+    loss equals `nt_xent`.
+    """
+    logits, _, _ = _two_view_logits(z1, z2, temperature, axis_name)
+    local_labels = jnp.concatenate([labels, labels])
+    all_labels = gather(labels, axis_name)
+    candidate_labels = jnp.concatenate([all_labels, all_labels])
+    same_label = local_labels[:, None] == candidate_labels[None, :]
+    positive_mask = same_label & jnp.isfinite(logits)
+    return _softmax_loss_and_metrics(logits, positive_mask, with_metrics)
+
+
+def info_nce(
+    query: Array, key: Array, temperature: float, *, negatives: Array | None = None,
+    axis_name: str | None = None, with_metrics: bool = False,
+) -> Array | tuple[Array, Metrics]:
+    """One-directional InfoNCE: row i of `key` is the positive of row i of `query`.
+
+    Without `negatives`: logits_ij = cos(q_i, k_j) / T against the keys of all devices (MoCo v3,
+    CPC; van den Oord et al. 2018). With `negatives` [K, d] (a MoCo queue): exactly those are the
+    negatives, logits_i = [cos(q_i, k_i), cos(q_i, queue_1..K)] / T with the positive at index 0,
+    as in MoCo's Algorithm 1 (He et al. 2020). Mean over queries of the cross-entropy.
+    """
+    _check_temperature(temperature)
+    q = l2_normalize(query)
+    k = l2_normalize(key)
+    if negatives is not None:
+        positive = jnp.sum(q * k, axis=-1, keepdims=True)
+        negative = q @ l2_normalize(negatives).T
+        logits = jnp.concatenate([positive, negative], axis=-1) / temperature
+        positive_mask = jnp.arange(logits.shape[1])[None, :] == 0
+        positive_mask = jnp.broadcast_to(positive_mask, logits.shape)
+    else:
+        all_keys = gather(k, axis_name)
+        logits = q @ all_keys.T / temperature
+        rows = global_offset(q.shape[0], axis_name) + jnp.arange(q.shape[0])
+        positive_mask = rows[:, None] == jnp.arange(all_keys.shape[0])[None, :]
+    return _softmax_loss_and_metrics(logits, positive_mask, with_metrics)
+
+
+def clip_loss(
+    image: Array, text: Array, scale: Array | float, *, axis_name: str | None = None,
+    with_metrics: bool = False,
+) -> Array | tuple[Array, Metrics]:
+    """CLIP's symmetric InfoNCE over image-text pairs (Radford et al. 2021).
+
+    logits_ij = scale * cos(image_i, text_j); the loss is 0.5 * (mean cross-entropy over rows,
+    image -> text, + mean cross-entropy over columns, text -> image), the diagonal being positive.
+    Under an axis this device's images are scored against all texts and its texts against all
+    images. Metrics are the image -> text direction's.
+    """
+    img = l2_normalize(image)
+    txt = l2_normalize(text)
+    scale = jnp.asarray(scale, jnp.float32)
+    rows = global_offset(img.shape[0], axis_name) + jnp.arange(img.shape[0])
+    all_txt = gather(txt, axis_name)
+    all_img = gather(img, axis_name)
+    positive_mask = rows[:, None] == jnp.arange(all_txt.shape[0])[None, :]
+    image_to_text = _softmax_loss_and_metrics(scale * img @ all_txt.T, positive_mask, with_metrics)
+    text_to_image = _softmax_loss_and_metrics(scale * txt @ all_img.T, positive_mask, False)
+    if not with_metrics:
+        return 0.5 * (image_to_text + text_to_image)
+    loss_i2t, metrics = image_to_text
+    return 0.5 * (loss_i2t + text_to_image), metrics
+
+
+def _sigmoid_block(img: Array, txt: Array, scale: Array, bias: Array,
+                   positive_mask: Array) -> tuple[Array, Array, Array]:
+    """One block of pairs: its summed softplus terms, each row's positive logit (0 if none) and
+    each row's best negative logit."""
+    logits = scale * img @ txt.T + bias
+    signs = jnp.where(positive_mask, 1.0, -1.0)
+    total = jnp.sum(jax.nn.softplus(-signs * logits))
+    positives = jnp.sum(jnp.where(positive_mask, logits, 0.0), axis=-1)
+    best_negative = jnp.max(jnp.where(positive_mask, _MASKED, logits), axis=-1)
+    return total, positives, best_negative
+
+
+def _siglip_all_gather(img, txt, scale, bias, axis_name):
+    """All texts gathered: this device's n rows against N columns in one block."""
+    all_txt = gather(txt, axis_name)
+    rows = global_offset(img.shape[0], axis_name) + jnp.arange(img.shape[0])
+    positive_mask = rows[:, None] == jnp.arange(all_txt.shape[0])[None, :]
+    return _sigmoid_block(img, all_txt, scale, bias, positive_mask)
+
+
+def _siglip_ring(img, txt, scale, bias, axis_name):
+    """Passes text blocks around the ring with ppermute; holds one n x n block at a time.
+
+    The first block is this device's own (it holds the positives); D - 1 shifts bring every other
+    device's texts. The scanned body is rematerialised, so the backward pass keeps only the text
+    blocks (n x d each), never the logits of earlier steps.
+    """
+    n = img.shape[0]
+    own_block = jnp.eye(n, dtype=bool)
+    no_positives = jnp.zeros((n, n), dtype=bool)
+    total, positives, best_negative = _sigmoid_block(img, txt, scale, bias, own_block)
+    if axis_name is None:
+        return total, positives, best_negative
+    num_devices = jax.lax.axis_size(axis_name)
+    shift = [(i, (i + 1) % num_devices) for i in range(num_devices)]
+
+    @jax.checkpoint
+    def step(carry, _):
+        txt_block, total, best_negative = carry
+        txt_block = jax.lax.ppermute(txt_block, axis_name, shift)
+        block_total, _, block_best = _sigmoid_block(img, txt_block, scale, bias, no_positives)
+        return (txt_block, total + block_total, jnp.maximum(best_negative, block_best)), None
+
+    (_, total, best_negative), _ = jax.lax.scan(
+        step, (txt, total, best_negative), None, length=num_devices - 1)
+    return total, positives, best_negative
+
+
+def siglip_loss(
+    image: Array, text: Array, scale: Array | float, bias: Array | float, *,
+    axis_name: str | None = None, impl: Literal["all_gather", "ring"] = "all_gather",
+    with_metrics: bool = False,
+) -> Array | tuple[Array, Metrics]:
+    """SigLIP's pairwise sigmoid loss (Zhai et al. 2023).
+
+    L = (1/N) sum over all N x N pairs of softplus(-z_ij * (scale * cos_ij + bias)), z_ij = +1 on
+    the diagonal and -1 elsewhere. Under an axis each device returns (1/n) times its rows' sum.
+    impl="all_gather" gathers every text (n x N logits per device); impl="ring" passes text
+    blocks around the devices with ppermute so no device holds more than n x n logits, forward
+    or backward. Metrics: `contrastive_top1`, the positive beats every negative of its row.
+    """
+    if impl not in ("all_gather", "ring"):
+        raise ValueError(f"siglip_loss impl must be 'all_gather' or 'ring', got {impl!r}")
+    img = l2_normalize(image)
+    txt = l2_normalize(text)
+    scale = jnp.asarray(scale, jnp.float32)
+    bias = jnp.asarray(bias, jnp.float32)
+    compute = _siglip_ring if impl == "ring" else _siglip_all_gather
+    total, positives, best_negative = compute(img, txt, scale, bias, axis_name)
+    loss = total / img.shape[0]
+    if not with_metrics:
+        return loss
+    top1 = jnp.mean((positives > best_negative).astype(jnp.float32))
+    return loss, {"contrastive_top1": top1}
+
+
+def margin_contrastive_loss(x1: Array, x2: Array, is_similar: Array, margin: float = 1.0) -> Array:
+    """The margin contrastive loss of Hadsell, Chopra and LeCun 2006 ("Dimensionality Reduction
+    by Learning an Invariant Mapping"), on Euclidean distances D = ||x1 - x2||:
+
+    L = mean of  y * D^2 / 2 + (1 - y) * max(0, margin - D)^2 / 2,  y = 1 for similar pairs.
+    Pointwise per pair, so under a named axis the pmean of per-device means is the global mean.
+    """
+    diff = x1.astype(jnp.float32) - x2.astype(jnp.float32)
+    squared = jnp.sum(diff * diff, axis=-1)
+    distance = jnp.sqrt(jnp.maximum(squared, 1e-12))
+    similar = is_similar.astype(jnp.float32)
+    return jnp.mean(0.5 * similar * squared
+                    + 0.5 * (1.0 - similar) * jnp.square(jax.nn.relu(margin - distance)))
+
+
+def triplet_loss(anchor: Array, positive: Array, negative: Array, margin: float = 0.2) -> Array:
+    """The triplet loss with a margin, on squared Euclidean distances (Schroff et al. 2015,
+    FaceNet, eq. 1): L = mean of max(0, ||a - p||^2 - ||a - n||^2 + margin)."""
+    a = anchor.astype(jnp.float32)
+    to_positive = jnp.sum(jnp.square(a - positive.astype(jnp.float32)), axis=-1)
+    to_negative = jnp.sum(jnp.square(a - negative.astype(jnp.float32)), axis=-1)
+    return jnp.mean(jax.nn.relu(to_positive - to_negative + margin))
+
+
+def n_pair_loss(anchor: Array, positive: Array, *, axis_name: str | None = None) -> Array:
+    """Multi-class N-pair loss (Sohn 2016, eq. 6), on raw inner products (no normalisation):
+
+    L = (1/N) sum_i log(1 + sum_{j != i} exp(f_i . f+_j - f_i . f+_i)), the other anchors'
+    positives (from all devices) being the negatives; this is the cross-entropy of the logits
+    f_i . f+_j with target i. Sohn's L2 penalty on the embeddings is left to the caller.
+    """
+    f = anchor.astype(jnp.float32)
+    all_positive = gather(positive.astype(jnp.float32), axis_name)
+    rows = global_offset(f.shape[0], axis_name) + jnp.arange(f.shape[0])
+    positive_mask = rows[:, None] == jnp.arange(all_positive.shape[0])[None, :]
+    return _softmax_loss_and_metrics(f @ all_positive.T, positive_mask, False)
