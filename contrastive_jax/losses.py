@@ -191,11 +191,13 @@ def clip_loss(
     return 0.5 * (loss_i2t + text_to_image), metrics
 
 
-def _sigmoid_block(img: Array, txt: Array, scale: Array, bias: Array,
-                   positive_mask: Array) -> tuple[Array, Array, Array]:
-    """One block of pairs: its summed softplus terms, each row's positive logit (0 if none) and
-    each row's best negative logit."""
-    logits = scale * img @ txt.T + bias
+def _pair_logits(img: Array, txt: Array, scale: Array, bias: Array) -> Array:
+    return scale * img @ txt.T + bias
+
+
+def _sigmoid_block(logits: Array, positive_mask: Array) -> tuple[Array, Array, Array]:
+    """A block of pair logits: its summed softplus terms, each row's positive logit (0 if none)
+    and each row's best negative logit."""
     signs = jnp.where(positive_mask, 1.0, -1.0)
     total = jnp.sum(jax.nn.softplus(-signs * logits))
     positives = jnp.sum(jnp.where(positive_mask, logits, 0.0), axis=-1)
@@ -208,20 +210,19 @@ def _siglip_all_gather(img, txt, scale, bias, axis_name):
     all_txt = gather(txt, axis_name)
     rows = global_offset(img.shape[0], axis_name) + jnp.arange(img.shape[0])
     positive_mask = rows[:, None] == jnp.arange(all_txt.shape[0])[None, :]
-    return _sigmoid_block(img, all_txt, scale, bias, positive_mask)
+    return _sigmoid_block(_pair_logits(img, all_txt, scale, bias), positive_mask)
 
 
 def _siglip_ring(img, txt, scale, bias, axis_name):
     """Passes text blocks around the ring with ppermute; holds one n x n block at a time.
 
     The first block is this device's own (it holds the positives); D - 1 shifts bring every other
-    device's texts. The scanned body is rematerialised, so the backward pass keeps only the text
-    blocks (n x d each), never the logits of earlier steps.
+    device's texts, all negatives. The scanned body is rematerialised, so the backward pass keeps
+    only the text blocks (n x d each), never the logits of earlier steps.
     """
-    n = img.shape[0]
-    own_block = jnp.eye(n, dtype=bool)
-    no_positives = jnp.zeros((n, n), dtype=bool)
-    total, positives, best_negative = _sigmoid_block(img, txt, scale, bias, own_block)
+    own_block = jnp.eye(img.shape[0], dtype=bool)
+    total, positives, best_negative = _sigmoid_block(_pair_logits(img, txt, scale, bias),
+                                                     own_block)
     if axis_name is None:
         return total, positives, best_negative
     num_devices = jax.lax.axis_size(axis_name)
@@ -231,8 +232,9 @@ def _siglip_ring(img, txt, scale, bias, axis_name):
     def step(carry, _):
         txt_block, total, best_negative = carry
         txt_block = jax.lax.ppermute(txt_block, axis_name, shift)
-        block_total, _, block_best = _sigmoid_block(img, txt_block, scale, bias, no_positives)
-        return (txt_block, total + block_total, jnp.maximum(best_negative, block_best)), None
+        logits = _pair_logits(img, txt_block, scale, bias)
+        total = total + jnp.sum(jax.nn.softplus(logits))
+        return (txt_block, total, jnp.maximum(best_negative, jnp.max(logits, axis=-1))), None
 
     (_, total, best_negative), _ = jax.lax.scan(
         step, (txt, total, best_negative), None, length=num_devices - 1)
