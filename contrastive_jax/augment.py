@@ -120,9 +120,9 @@ def random_flip(image: tf.Tensor, seed) -> tf.Tensor:
 
 
 def center_crop(image: tf.Tensor, image_size: int, crop_fraction: float = 1.0) -> tf.Tensor:
-    """Evaluation view: the central square (crop_fraction of the short side), resized, no randomness.
+    """Evaluation view: the central square (crop_fraction of the short side), resized.
 
-    Returns float32 [image_size, image_size, 3] in [0, 1].
+    Deterministic; returns float32 [image_size, image_size, 3] in [0, 1].
     """
     image = to_float(image)
     shape = tf.shape(image)

@@ -69,7 +69,7 @@ class IndexedSplit:
 
 
 def parse_source(source: str) -> tuple[str, str]:
-    """'folder:/data' -> ('folder', '/data'); 'demo' -> ('demo', ''); raises DataError if unknown."""
+    """'folder:/data' -> ('folder', '/data'), 'demo' -> ('demo', ''); DataError if unknown."""
     kind, _, arg = str(source).partition(":")
     if kind in ("demo", "synthetic") and not arg:
         return kind, ""
@@ -230,7 +230,8 @@ def _tfds_builder(data_config):
     try:
         builder = tfds.builder(spec, data_dir=data_dir)
     except Exception as e:  # DatasetNotFoundError and friends: name the dataset and the folder.
-        raise DataError(f"TFDS dataset {spec!r} not found (data_dir={data_dir!r}): {e}") from e
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"TFDS dataset {spec!r} not found (data_dir={data_dir!r}): {reason}") from e
     if not tf.io.gfile.exists(os.path.join(builder.data_dir, "dataset_info.json")):
         if data_config.get("download", False):
             builder.download_and_prepare()
@@ -502,7 +503,8 @@ def eval_iterator(data_config, split: str, *, global_batch_size: int,
         total = _tfds_num_examples(builder, split)
         padded = _eval_layout(total, process_index, process_count, n)[2]
         real = _tfds_records(builder, host_split, data_config).map(
-            lambda i, image, label: (decode_image(image), label, True))
+            lambda i, image, label: (decode_image(image), label, True),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         pad = tf.data.Dataset.range(padded - count).map(
             lambda _: (tf.zeros([size, size, 3], tf.uint8), tf.constant(0), False))
         ds = real.concatenate(pad)
