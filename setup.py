@@ -18,6 +18,7 @@ setup(
         "tensorflow-cpu>=2.16; sys_platform == 'linux' and platform_machine == 'x86_64'",
         "tensorflow>=2.16; sys_platform != 'linux' or platform_machine != 'x86_64'",
         "tensorflow-datasets>=4.9",
+        "tensorboard>=2.16",
         "ml-collections>=0.1.1",
         "einops>=0.7",
         "absl-py>=1.0",

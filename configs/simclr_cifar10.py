@@ -1,0 +1,46 @@
+"""SimCLR on CIFAR-10 with the paper's CIFAR settings (Chen et al. 2020, appendix B.9).
+
+    python -m contrastive_jax.main --config=configs/simclr_cifar10.py:resnet18 \
+        --workdir=gs://BUCKET/simclr_cifar10 --config.data.source=tfds:cifar10
+    python -m contrastive_jax.main --config=configs/simclr_cifar10.py:resnet50 \
+        --workdir=DIR --config.data.source=folder:/path/to/cifar10
+
+ARG picks the encoder (resnet18 | resnet50; CIFAR stem: 3x3 conv, no max-pool). Batch 1024,
+LARS with lr 1.0 * B / 256, weight decay 1e-6, temperature 0.5, colour strength 0.5, no blur,
+10 warmup epochs, 1000 epochs of cosine decay, a 2-layer projection head, global BN. The data
+come from TFDS (`tfds:cifar10`) or an image folder with train/ and test/ splits, such as the
+JPEG copy in ../shared/data/cifar10 unpacked.
+"""
+
+from contrastive_jax import config_defaults
+
+
+def get_config(arg=None):
+    encoder = arg or "resnet18"
+    if encoder not in ("resnet18", "resnet50"):
+        raise ValueError(f"simclr_cifar10 takes resnet18 or resnet50, got {encoder!r}")
+    config = config_defaults.base()
+    config.method = "simclr"
+    config.batch_size = 1024
+    config.num_epochs = 1000.0
+    config.log_every = 50
+    config.eval_every = 5000
+    config.checkpoint_every = 1000
+
+    config.data.source = "tfds:cifar10"
+    config.data.image_size = 32
+    config.data.color_strength = 0.5
+    config.data.blur = False
+
+    config.model.name = encoder
+    config.model.stem = "cifar"
+    config.model.head_layers = 2
+
+    config.optimizer.name = "lars"
+    config.optimizer.learning_rate = 1.0
+    config.optimizer.lr_scaling = "linear"
+    config.optimizer.weight_decay = 1e-6
+    config.optimizer.warmup_epochs = 10.0
+
+    config.loss.temperature = 0.5
+    return config

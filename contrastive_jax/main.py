@@ -1,0 +1,88 @@
+"""Entry point: `python -m contrastive_jax.main --config=configs/X.py --workdir=DIR`.
+
+Starts jax.distributed when the run spans several processes (TPU pods and SLURM find their peers
+by themselves; elsewhere pass --coordinator_address, --num_processes and --process_id, or the
+JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables), then trains and
+evaluates. Bad input ends the run with one line naming the problem and exit status 1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:ARG]).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and TensorBoard events.")
+flags.DEFINE_string("coordinator_address", os.environ.get("JAX_COORDINATOR_ADDRESS"),
+                    "HOST:PORT of process 0, for multi-process runs outside TPU pods / SLURM.")
+flags.DEFINE_integer("num_processes", int(os.environ.get("JAX_NUM_PROCESSES", "0")) or None,
+                     "Number of processes (with --coordinator_address).")
+flags.DEFINE_integer("process_id", int(os.environ.get("JAX_PROCESS_ID", "-1")),
+                     "This process's index (with --coordinator_address).")
+flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
+
+
+def _on_pod_or_cluster() -> bool:
+    """A TPU pod slice or a SLURM job of several tasks: jax.distributed finds its peers."""
+    tpu_hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    return "," in tpu_hosts or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+
+
+def initialize_distributed() -> None:
+    """jax.distributed.initialize for multi-process runs; nothing for a single process."""
+    import jax
+    if FLAGS.coordinator_address:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU-only runs
+        jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                                   num_processes=FLAGS.num_processes,
+                                   process_id=FLAGS.process_id if FLAGS.process_id >= 0 else None)
+    elif _on_pod_or_cluster():
+        jax.distributed.initialize()
+
+
+def summary_table(workdir: str) -> str:
+    """kNN / linear top-1 of the randomly initialised encoder (step 0) and of the last eval."""
+    from contrastive_jax.logging import read_metrics
+    evals = [row for row in read_metrics(workdir) if "knn_top1" in row]
+    if not evals:
+        return "no evaluation results"
+    lines = [f"{'encoder':<22}{'kNN top-1':>10}{'linear top-1':>14}"]
+    for label, row in (("random init (step 0)", evals[0]), (f"trained (step {evals[-1]['step']})",
+                                                          evals[-1])):
+        if label.startswith("random") and row["step"] != 0:
+            continue
+        lines.append(f"{label:<22}{row['knn_top1']:>10.4f}{row.get('linear_top1', float('nan')):>14.4f}")
+    return "\n".join(lines)
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    import tensorflow as tf
+    tf.config.set_visible_devices([], "GPU")  # tf.data only; the accelerators belong to JAX.
+    initialize_distributed()
+
+    from contrastive_jax import train
+    import jax
+    logging.info("JAX %s: process %d of %d, %d local / %d global devices (%s)", jax.__version__,
+                 jax.process_index(), jax.process_count(), jax.local_device_count(),
+                 jax.device_count(), jax.devices()[0].platform)
+    try:
+        results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except (ValueError, FloatingPointError) as error:  # input_pipeline.DataError included
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    if "preempted_at" in results:
+        print(f"preempted: checkpoint saved at step {results['preempted_at']}; run the same "
+              "command again to resume", flush=True)
+    elif jax.process_index() == 0:
+        print(summary_table(FLAGS.workdir), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,94 @@
+"""SimCLR: two views of each image, one encoder + projection head, NT-Xent over all devices.
+
+Both views go through the network as one batch, so BatchNorm (synchronised over the `data`
+axis: SimCLR's global BN) sees all 2N views. An online linear probe on stop-gradient features
+tracks representation quality during training without shaping the encoder.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from contrastive_jax import losses
+from contrastive_jax.models import heads, resnet
+
+Array = jax.Array
+
+
+class SimCLRModel(nn.Module):
+    """Encoder -> (features, projection, probe logits)."""
+
+    encoder: nn.Module
+    projection: nn.Module
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, images: Array, train: bool) -> tuple[Array, Array, Array]:
+        features = self.encoder(images, train=train)
+        projection = self.projection(features, train=train)
+        probe_logits = heads.LinearProbe(self.num_classes, name="probe")(features)
+        return features, projection, probe_logits
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int,
+                axis_name: str | None) -> SimCLRModel:
+    """The ResNet encoder and projection head that `config.model` describes."""
+    model_config = config.model
+    dtype = jnp.dtype(model_config.get("dtype", "float32"))
+    encoder = resnet.resnet(
+        model_config.name, width=model_config.width, stem=model_config.stem,
+        base_width=model_config.get("base_width", 64), bn_axis_name=axis_name,
+        zero_init_residual=model_config.get("zero_init_residual", False), dtype=dtype)
+    projection = heads.ProjectionHead(
+        num_layers=model_config.head_layers, hidden_dim=model_config.get("head_hidden_dim"),
+        out_dim=model_config.head_out_dim, use_bn=model_config.get("head_bn", True),
+        bn_axis_name=axis_name, dtype=dtype)
+    return SimCLRModel(encoder=encoder, projection=projection, num_classes=num_classes)
+
+
+def input_shape(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+    size = config.data.image_size
+    return (1, size, size, 3)
+
+
+def loss_fn(model: SimCLRModel, config: ml_collections.ConfigDict, params, batch_stats,
+            batch: dict[str, Array], rng: Array, axis_name: str | None):
+    """NT-Xent of the two views' projections plus the online probe's cross-entropy.
+
+    Returns (loss, (new batch_stats, metrics)); metrics are this device's, not yet averaged.
+    """
+    del rng
+    n = batch["view1"].shape[0]
+    images = jnp.concatenate([batch["view1"], batch["view2"]], axis=0)
+    (_, projection, probe_logits), updates = model.apply(
+        {"params": params, "batch_stats": batch_stats}, images, train=True,
+        mutable=["batch_stats"])
+    contrastive, metrics = losses.nt_xent(
+        projection[:n], projection[n:], config.loss.temperature, axis_name=axis_name,
+        with_metrics=True)
+    labels = jnp.concatenate([batch["label"], batch["label"]])
+    probe_loss = optax.softmax_cross_entropy_with_integer_labels(
+        probe_logits.astype(jnp.float32), labels).mean()
+    metrics = {
+        **metrics,
+        "contrastive_loss": contrastive,
+        "probe_loss": probe_loss,
+        "probe_top1": jnp.mean(jnp.argmax(probe_logits, -1) == labels),
+    }
+    return contrastive + probe_loss, (updates["batch_stats"], metrics)
+
+
+def encoder_features(model: SimCLRModel) -> Callable[[dict, Array], Array]:
+    """`(variables, images) -> encoder features` in inference mode, for kNN / linear probes."""
+
+    def encode(variables, images):
+        features, _, _ = model.apply(variables, images, train=False)
+        return features.astype(jnp.float32)
+
+    return encode

@@ -1,0 +1,54 @@
+"""Projection heads (SimCLR v1 / v2 MLPs) and the online linear probe."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+class ProjectionHead(nn.Module):
+    """An MLP of `num_layers` Dense layers mapping features to the contrastive space.
+
+    SimCLR v1 uses 2 layers (hidden = feature width, out 128); v2 uses 3. With `use_bn`, each
+    hidden layer is Dense -> BatchNorm -> ReLU and the output layer is Dense -> BatchNorm
+    without a learned scale or bias, as in the SimCLR reference; BN is synchronised over
+    `bn_axis_name` like the encoder's.
+    """
+
+    num_layers: int = 2
+    hidden_dim: int | None = None
+    out_dim: int = 128
+    use_bn: bool = True
+    bn_axis_name: str | None = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool) -> Array:
+        hidden = self.hidden_dim or x.shape[-1]
+        for layer in range(self.num_layers):
+            is_last = layer == self.num_layers - 1
+            x = nn.Dense(self.out_dim if is_last else hidden, use_bias=not self.use_bn,
+                         dtype=self.dtype)(x)
+            if self.use_bn:
+                x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                                 use_scale=not is_last, use_bias=not is_last, dtype=self.dtype,
+                                 axis_name=self.bn_axis_name)(x)
+            if not is_last:
+                x = nn.relu(x)
+        return x
+
+
+class LinearProbe(nn.Module):
+    """A linear classifier on stop-gradient features: it learns from labels during
+    pretraining (an online estimate of linear accuracy) without shaping the encoder."""
+
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, features: Array) -> Array:
+        return nn.Dense(self.num_classes)(jax.lax.stop_gradient(features).astype(jnp.float32))
