@@ -17,7 +17,7 @@ def base() -> ml_collections.ConfigDict:
     config.num_epochs = 100.0
     config.parallel = "shard_map"  # or "pmap"
     config.log_every = 50
-    config.eval_every = 0  # 0: evaluate at the start (random init) and the end only.
+    config.eval_every = 0  # 0: at the start (random init) and the end only; < 0: never.
     config.eval_at_start = True
     config.checkpoint_every = 1000
     config.keep_checkpoints = 3
@@ -32,6 +32,7 @@ def base() -> ml_collections.ConfigDict:
     config.data.blur = False
     config.data.crop_area_min = 0.08
     config.data.solarize_prob = 0.0
+    config.data.synthetic_num_examples = 10_000  # source "synthetic": random images (eval: 1/5)
     config.data.eval_crop_fraction = 1.0  # ImageNet: 0.875 (resize 256, centre crop 224)
 
     config.model = ml_collections.ConfigDict()

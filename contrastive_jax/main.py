@@ -65,6 +65,9 @@ def main(argv) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     import tensorflow as tf
     tf.config.set_visible_devices([], "GPU")  # tf.data only; the accelerators belong to JAX.
+    # Orbax reports every save step by step at INFO; keep the progress lines readable.
+    logging.get_absl_handler().addFilter(
+        lambda record: record.levelno >= logging.WARNING or "orbax" not in record.pathname)
     initialize_distributed()
 
     from contrastive_jax import train

@@ -236,7 +236,8 @@ class Trainer:
         state = self.initial_state()
         start = int(parallel.unreplicate(state.step, self.kind))
         writer = MetricWriter(self.workdir)
-        if start == 0 and config.get("eval_at_start", True):
+        evaluating = config.eval_every >= 0
+        if start == 0 and evaluating and config.eval_at_start:
             writer.write(0, self.evaluate(state))
         batches = input_pipeline.train_iterator(config.data, global_batch_size=config.batch_size,
                                                 seed=config.seed, start_step=start)
@@ -259,7 +260,8 @@ class Trainer:
                     writer.write(step, last)
                     writer.log_progress(step, config.total_steps, last, seconds_left)
                     timer, timed_steps = time.perf_counter(), 0
-                if config.eval_every and step % config.eval_every == 0 or is_last:
+                if evaluating and (config.eval_every and step % config.eval_every == 0
+                                   or is_last):
                     results = self.evaluate(state)
                     writer.write(step, results)
                     last.update(results)
