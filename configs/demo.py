@@ -15,18 +15,18 @@ def get_config(arg=None):
     config = config_defaults.base()
     config.method = "simclr"
     config.batch_size = 256
-    config.num_epochs = 15.0
+    config.num_epochs = 30.0
     config.parallel = "shard_map"
     config.log_every = 20
     config.checkpoint_every = 200
 
     config.data.source = "demo"
-    config.data.image_size = 28
+    config.data.image_size = 20  # The 28x28 digits, resized: 4x faster steps than at 28 on a CPU.
     config.data.color_strength = 0.5
     config.data.crop_area_min = 0.2  # Digits lose their identity in tiny crops.
 
     config.model.name = "resnet18"
-    config.model.base_width = 16
+    config.model.base_width = 8
     config.model.stem = "cifar"
     config.model.head_layers = 2
     config.model.head_out_dim = 64

@@ -1,0 +1,88 @@
+"""LARS against a hand-computed update; schedules; scaling rules; SimCLR's parameter masks."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from contrastive_jax import config_defaults, optim
+from contrastive_jax.models import resnet
+
+
+def opt_config(**overrides):
+    config = ml_collections.ConfigDict(config_defaults.base().optimizer.to_dict())
+    config.update(lr_scaling="none", warmup_steps=0, schedule="constant", **overrides)
+    return config
+
+
+def test_lars_two_steps_equal_a_hand_computed_update():
+    rng = np.random.default_rng(0)
+    params = {"conv": {"kernel": rng.normal(size=(3, 3, 2, 4))},
+              "bn": {"scale": rng.normal(size=4), "bias": rng.normal(size=4)}}
+    grads = [jax.tree.map(lambda p: rng.normal(size=p.shape), params) for _ in range(2)]
+    lr, wd, momentum, eta = 0.5, 0.1, 0.9, 0.001
+    tx, _ = optim.make_optimizer(opt_config(name="lars", learning_rate=lr, weight_decay=wd,
+                                            momentum=momentum), total_steps=10, batch_size=256)
+    state = tx.init(params)
+    got = jax.tree.map(jnp.asarray, params)
+    for g in grads:
+        updates, state = tx.update(jax.tree.map(jnp.asarray, g), state, got)
+        got = jax.tree.map(lambda p, u: p + u, got, updates)
+
+    want = jax.tree.map(np.copy, params)
+    velocity = jax.tree.map(np.zeros_like, params)
+    for g in grads:
+        w, v = want["conv"]["kernel"], velocity["conv"]["kernel"]
+        u = g["conv"]["kernel"] + wd * w
+        trust = eta * np.linalg.norm(w) / np.linalg.norm(u)
+        velocity["conv"]["kernel"] = momentum * v + lr * trust * u
+        want["conv"]["kernel"] = w - velocity["conv"]["kernel"]
+        for name in ("scale", "bias"):  # masked: no decay, no trust ratio
+            velocity["bn"][name] = momentum * velocity["bn"][name] + lr * g["bn"][name]
+            want["bn"][name] = want["bn"][name] - velocity["bn"][name]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), got, want)
+
+
+def test_warmup_cosine_schedule_values():
+    schedule = optim.learning_rate_schedule(2.0, total_steps=110, warmup_steps=10)
+    assert float(schedule(0)) == 0.0
+    np.testing.assert_allclose(schedule(5), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(schedule(10), 2.0, rtol=1e-6)
+    np.testing.assert_allclose(schedule(60), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(schedule(110), 0.0, atol=1e-6)
+
+
+def test_learning_rate_scaling_rules():
+    assert optim.scale_learning_rate(0.3, 4096, "linear") == pytest.approx(4.8)
+    assert optim.scale_learning_rate(0.075, 4096, "sqrt") == pytest.approx(4.8)
+    assert optim.scale_learning_rate(0.3, 4096, "none") == 0.3
+    with pytest.raises(ValueError, match="lr_scaling"):
+        optim.scale_learning_rate(0.3, 256, "cubic")
+
+
+def test_unknown_optimizer_and_schedule_are_refused():
+    with pytest.raises(ValueError, match="optimizer"):
+        optim.make_optimizer(opt_config(name="adagrad"), total_steps=10, batch_size=256)
+    with pytest.raises(ValueError, match="schedule"):
+        optim.learning_rate_schedule(1.0, total_steps=10, warmup_steps=1, schedule="step")
+
+
+def test_mask_covers_kernels_not_biases_or_batchnorm():
+    model = resnet.resnet("resnet18", num_classes=10)
+    params = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False),
+                            jnp.zeros((1, 32, 32, 3)))["params"]
+    mask = optim.weight_decay_mask(params)
+    for path, value in jax.tree_util.tree_leaves_with_path(mask):
+        name = jax.tree_util.keystr(path)
+        assert value == name.endswith("['kernel']"), name
+
+
+def test_adamw_decays_kernels_but_not_biases():
+    tx, _ = optim.make_optimizer(opt_config(name="adamw", learning_rate=0.1, weight_decay=0.5),
+                                 total_steps=10, batch_size=256)
+    params = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))}
+    zero = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zero, tx.init(params), params)
+    np.testing.assert_allclose(updates["kernel"], -0.1 * 0.5 * np.ones((2, 2)), rtol=1e-6)
+    np.testing.assert_allclose(updates["bias"], 0.0)
