@@ -24,8 +24,11 @@ import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 from jax.sharding import NamedSharding, PartitionSpec
 
-from contrastive_jax import evaluate, input_pipeline, methods, optim, parallel
+from contrastive_jax import evaluate, methods, optim, parallel
 from contrastive_jax.logging import MetricWriter
+
+# input_pipeline (TensorFlow) is imported where data is read, not at module level, so the state
+# and the step run where TensorFlow is absent: bench.train_step on an accelerator machine.
 
 # Config entries that decide the shapes and meaning of a checkpoint; a workdir whose
 # config.json differs in any of them is refused rather than silently restored.
@@ -157,6 +160,7 @@ class Trainer:
     """Holds what one run needs: the model, the wrapped step, the checkpoint manager."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+        from contrastive_jax import input_pipeline
         self.info = input_pipeline.dataset_info(config.data)
         self.config = config = resolve_steps(config, self.info.num_train_examples)
         validate(config)
@@ -215,6 +219,7 @@ class Trainer:
 
     def evaluate(self, state: TrainState) -> dict[str, float]:
         """kNN and linear-probe accuracy of the encoder's features on the evaluation split."""
+        from contrastive_jax import input_pipeline
         variables = {"params": state.params, "batch_stats": state.batch_stats}
         data, eval_config = self.config.data, self.config.eval
 
@@ -232,6 +237,7 @@ class Trainer:
 
     def run(self) -> dict[str, float]:
         """Trains from the newest checkpoint to `total_steps`; returns the last metrics."""
+        from contrastive_jax import input_pipeline
         config = self.config
         state = self.initial_state()
         start = int(parallel.unreplicate(state.step, self.kind))

@@ -1,0 +1,76 @@
+"""Throughput of one SimCLR train step on device-resident synthetic batches.
+
+    python -m contrastive_jax.bench.train_step --config=configs/demo.py [--steps=5] \
+        [--cases=8x20,16x28] [--config.key=value ...]
+
+Each case (BASE_WIDTHxIMAGE_SIZE) builds the config's model at that base width and image size,
+compiles the wrapped step, and times `--steps` steps after one warm-up step; prints one JSON line
+per case with seconds per step and examples per second (an example = one image, two views).
+MFU is left to the reader's FLOP count: XLA's cost analysis misses cuDNN convolutions on GPUs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from contrastive_jax import methods, optim, parallel, train
+
+config_flags.DEFINE_config_file("config", "configs/demo.py", "Config whose model is timed.")
+flags.DEFINE_integer("steps", 5, "Timed steps per case.")
+flags.DEFINE_list("cases", [], "BASE_WIDTHxIMAGE_SIZE cases; empty: the config's own.")
+FLAGS = flags.FLAGS
+
+
+def time_step(config, steps: int) -> dict:
+    """Seconds per step of the config's SimCLR step on random device-resident batches."""
+    kind, mesh = config.parallel, parallel.make_mesh()
+    method = methods.get(config.method)
+    model = method.build_model(config, 10, parallel.AXIS)
+    tx, schedule = optim.make_optimizer(config.optimizer, total_steps=steps + 1,
+                                        batch_size=config.batch_size)
+    step = parallel.wrap_step(train.make_train_step(method, model, config, tx, schedule), kind,
+                              mesh)
+    state = parallel.replicate(jax.device_get(jax.jit(lambda: train.create_train_state(
+        model, tx, jax.random.PRNGKey(0), method.input_shape(config)))()), kind, mesh)
+    size, n = config.data.image_size, config.batch_size // jax.process_count()
+    rng = np.random.default_rng(0)
+    batch = parallel.host_batch_to_devices(
+        {"view1": rng.random((n, size, size, 3), np.float32),
+         "view2": rng.random((n, size, size, 3), np.float32),
+         "label": np.zeros((n,), np.int32)}, kind, mesh)
+    key = parallel.replicate(jax.random.PRNGKey(1), kind, mesh)
+    state, metrics = step(state, batch, key)
+    jax.block_until_ready(metrics)
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = step(state, batch, key)
+    jax.block_until_ready(metrics)
+    seconds = (time.perf_counter() - start) / steps
+    return {"seconds_per_step": round(seconds, 4),
+            "examples_per_sec": round(config.batch_size / seconds, 1)}
+
+
+def main(argv) -> None:
+    del argv
+    config = FLAGS.config
+    cases = [tuple(map(int, case.split("x"))) for case in FLAGS.cases] or [
+        (config.model.base_width, config.data.image_size)]
+    for base_width, image_size in cases:
+        case = config.copy_and_resolve_references()
+        case.model.base_width, case.data.image_size = base_width, image_size
+        row = {"model": case.model.name, "base_width": base_width, "image_size": image_size,
+               "batch_size": case.batch_size, "dtype": case.model.dtype,
+               "parallel": case.parallel, "devices": jax.device_count(),
+               "platform": jax.devices()[0].platform}
+        row.update(time_step(case, FLAGS.steps))
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
