@@ -1,0 +1,60 @@
+"""A short SimCLR run on real CIFAR-10 JPEGs (folder: source) learns: the loss falls and the kNN
+accuracy of the encoder rises above the randomly initialised encoder's.
+
+Uses 1,000 training and 500 test images taken from ../shared/data/cifar10 (the README there says
+how the archives are laid out); the images are unpacked into a temporary folder, never committed.
+"""
+
+import collections
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from contrastive_jax import train
+from contrastive_jax.logging import read_metrics
+
+from test_train import tiny_config
+
+CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
+
+
+def extract_per_class(archive: Path, per_class: int, destination: Path) -> None:
+    """Unpacks the first `per_class` images of every class from one of the CIFAR archives."""
+    counts = collections.Counter()
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            label = member.name.split("/")[-2] if member.isfile() else None
+            if label is not None and counts[label] < per_class:
+                counts[label] += 1
+                tar.extract(member, destination, filter="data")
+            if len(counts) == 10 and min(counts.values()) >= per_class:
+                return
+    raise AssertionError(f"{archive} holds fewer than {per_class} images of some class: {counts}")
+
+
+@pytest.fixture(scope="module")
+def cifar_folder(tmp_path_factory):
+    assert CIFAR.is_dir(), f"CIFAR-10 archives not found at {CIFAR} (../shared/data/cifar10)"
+    root = tmp_path_factory.mktemp("cifar10")
+    extract_per_class(CIFAR / "train.tar.gz", 100, root)
+    extract_per_class(CIFAR / "test.tar.gz", 50, root)
+    return root
+
+
+def test_short_simclr_run_on_cifar10_learns(cifar_folder, tmp_path):
+    config = tiny_config(**{
+        "data.source": f"folder:{cifar_folder}", "data.image_size": 32,
+        "data.color_strength": 0.5, "model.base_width": 8, "batch_size": 96,
+        "total_steps": 120, "eval_at_start": True, "checkpoint_every": 1000,
+        "model.head_out_dim": 128,
+        "optimizer.warmup_steps": 10, "loss.temperature": 0.2, "eval.knn_k": 20,
+        "eval.linear_steps": 100, "eval.batch_size": 96})
+    train.train_and_evaluate(config, str(tmp_path))
+    rows = read_metrics(str(tmp_path))
+    losses = [row["loss"] for row in rows if "loss" in row]
+    knn = [row["knn_top1"] for row in rows if "knn_top1" in row]
+    assert len(losses) == 120 and len(knn) == 2
+    assert np.mean(losses[-20:]) < np.mean(losses[:20]) - 0.2, (losses[:20], losses[-20:])
+    assert knn[1] > knn[0] + 0.03, knn
