@@ -23,6 +23,7 @@ setup(
         "einops>=0.7",
         "absl-py>=1.0",
         "numpy>=1.24",
+        "sentencepiece>=0.2",
     ],
     extras_require={
         "demo": ["mlxtend>=0.23"],

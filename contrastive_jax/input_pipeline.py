@@ -15,6 +15,7 @@ the example's index in the whole split, so a run resumed at `start_step` yields 
 batches an uninterrupted run yields from that step on; the skip happens on the index stream,
 before any image is read. Evaluation (`eval_iterator`) visits every example of a split exactly
 once over all hosts, padding the last batch (mask False) so that every host yields as many batches.
+image_text_pipeline builds on the same per-host records (`train_source`, `tfds_eval_source`).
 """
 
 from __future__ import annotations
@@ -222,7 +223,8 @@ def indexed_split(data_config, split: str) -> IndexedSplit:
 # TFDS.
 
 
-def _tfds_builder(data_config):
+def tfds_builder(data_config):
+    """The prepared TFDS builder of a `tfds:` source; DataError naming it if missing/unprepared."""
     import tensorflow_datasets as tfds  # Heavy; only TFDS sources need it.
 
     _, spec = parse_source(data_config.source)
@@ -260,29 +262,35 @@ def _tfds_host_split(builder, split: str, process_index: int, process_count: int
     return parts[process_index], sum(sizes[:process_index]), sizes[process_index]
 
 
-def _tfds_records(builder, host_split, data_config) -> tf.data.Dataset:
-    """(index within the host split, encoded image, label) in file order."""
+def _tfds_label(data_config) -> Callable[[dict], tuple[tf.Tensor, ...]]:
+    """The default TFDS `fields`: an example's int32 label, as a 1-tuple."""
+    label_key = data_config.get("label_key", "label")
+    return lambda example: (tf.cast(example[label_key], tf.int32),)
+
+
+def _tfds_records(builder, host_split, data_config, fields=None) -> tf.data.Dataset:
+    """(index within the host split, encoded image, *fields(example)) in file order."""
     import tensorflow_datasets as tfds
 
     image_key = data_config.get("image_key", "image")
-    label_key = data_config.get("label_key", "label")
+    fields = fields or _tfds_label(data_config)
     ds = builder.as_dataset(split=host_split, shuffle_files=False,
                             decoders={image_key: tfds.decode.SkipDecoding()})
-    return ds.enumerate().map(lambda i, ex: (i, ex[image_key], tf.cast(ex[label_key], tf.int32)))
+    return ds.enumerate().map(lambda i, ex: (i, ex[image_key], *fields(ex)))
 
 
-def _tfds_train_stream(builder, data_config, seed, start, process_index, process_count):
-    """(epoch, global index, image, label) from absolute host position `start` on, not decoded."""
+def _tfds_train_stream(builder, data_config, seed, start, process_index, process_count, fields):
+    """(epoch, global index, encoded image, *fields) from absolute host position `start` on."""
     host_split, offset, num = _tfds_host_split(builder, data_config.get("train_split", "train"),
                                                process_index, process_count)
-    records = _tfds_records(builder, host_split, data_config)
+    records = _tfds_records(builder, host_split, data_config, fields)
     buffer = min(num, int(data_config.get("shuffle_buffer", 50_000)))
     start_epoch, skip = divmod(start, num)
 
     def epoch_records(epoch):
         shuffle_seed = epoch * 1_000_003 + seed * 7919 + _ORDER_SALT
         ds = records.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
-        return ds.map(lambda i, image, label: (epoch, i + offset, image, label))
+        return ds.map(lambda i, *record: (epoch, i + offset, *record))
 
     ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch_records).skip(skip)
     return ds, num
@@ -344,7 +352,8 @@ def _positions_to_indices(shard: np.ndarray, seed: int, positions: range) -> lis
 # Iterators.
 
 
-def _process(process_index, process_count) -> tuple[int, int]:
+def resolve_process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    """(process_index, process_count), asking jax for the ones given as None."""
     if process_index is None or process_count is None:
         import jax  # Only to ask which host this is.
 
@@ -379,7 +388,8 @@ def _prob(value):
     return tuple(float(v) for v in value) if isinstance(value, (tuple, list)) else float(value)
 
 
-def _options(ds: tf.data.Dataset) -> tf.data.Dataset:
+def with_pipeline_options(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """`ds`, deterministic (batches repeat across runs) with its maps parallelised."""
     options = tf.data.Options()
     options.deterministic = True
     options.experimental_optimization.map_parallelization = True
@@ -400,8 +410,8 @@ def _find_corrupt(split: IndexedSplit, indices) -> str | None:
     return None
 
 
-def _numpy_batches(ds: tf.data.Dataset, describe_error: Callable[[int, Exception], str | None],
-                   ) -> Iterator[dict[str, np.ndarray]]:
+def numpy_batches(ds: tf.data.Dataset, describe_error: Callable[[int, Exception], str | None],
+                  ) -> Iterator[dict[str, np.ndarray]]:
     """Iterates `ds` as numpy, turning a read/decode failure in batch k into a DataError."""
     iterator = ds.as_numpy_iterator()
     k = 0
@@ -420,13 +430,57 @@ def _numpy_batches(ds: tf.data.Dataset, describe_error: Callable[[int, Exception
         k += 1
 
 
-def _train_map(data_config, seed: int, load):
+class TrainSource(NamedTuple):
+    """This host's training records and how the train map reads them (see `train_source`)."""
+
+    stream: tf.data.Dataset
+    read: Callable[..., tuple]
+    describe_error: Callable[[int, int, Exception], str | None]
+
+
+def train_source(data_config, seed: int, start: int, process_index: int, process_count: int,
+                 fields: Callable[[dict], tuple] | None = None) -> TrainSource:
+    """This host's training records from its absolute position `start` on, forever.
+
+    `stream` yields (epoch, split index, *record) in the order fixed by (seed, epoch); inside the
+    parallel map, `read(index, *record)` gives (uint8 image [H, W, 3], label, ...): index sources
+    load the example there, TFDS records carry the encoded image and `fields(example)` (default:
+    the label), and `read` decodes the image. `describe_error(first, count, error)` names what
+    failed among host positions [first, first + count), or returns None.
+    """
+    kind, _ = parse_source(data_config.source)
+    if kind == "tfds":
+        stream, _ = _tfds_train_stream(tfds_builder(data_config), data_config, seed, start,
+                                       process_index, process_count, fields)
+
+        def read_tfds(index, image, *rest):
+            return (decode_image(image), *rest)
+
+        def describe_tfds(first, count, error):
+            return f"cannot decode an image of {data_config.source!r}: {error}"
+
+        return TrainSource(stream, read_tfds, describe_tfds)
+    split = indexed_split(data_config, data_config.get("train_split", "train"))
+    shard = train_shard(split.num_examples, process_index, process_count,
+                        bool(data_config.get("shuffle_files", True)))
+    if len(shard) == 0:
+        raise DataError(f"{split.name} has {split.num_examples} examples, too few to give "
+                        f"each of {process_count} processes one")
+
+    def read_indexed(index):
+        return split.load(index)
+
+    def describe_indexed(first, count, error):
+        return _find_corrupt(split, _positions_to_indices(shard, seed, range(first, first + count)))
+
+    return TrainSource(_position_stream(shard, seed, start), read_indexed, describe_indexed)
+
+
+def _train_map(data_config, seed: int, read):
     view_kwargs = _view_kwargs(data_config)
 
     def fn(epoch, index, *record):
-        # Index sources load the example here, inside the parallel map; TFDS records arrive
-        # as (encoded image, label).
-        image, label = load(index) if load is not None else (decode_image(record[0]), record[1])
+        image, label = read(index, *record)
         view1, view2 = augment.two_views(image, augment.example_seed(seed, epoch, index),
                                          **view_kwargs)
         return {"view1": view1, "view2": view2, "label": label}
@@ -443,37 +497,16 @@ def train_iterator(data_config, *, global_batch_size: int, seed: int, start_step
     n = global_batch_size // process_count and S = data_config.image_size. With start_step=k the
     first batch is the one an uninterrupted run yields at step k.
     """
-    process_index, process_count = _process(process_index, process_count)
+    process_index, process_count = resolve_process(process_index, process_count)
     n = host_batch_size(global_batch_size, process_count)
     if start_step < 0:
         raise ValueError(f"start_step must be >= 0, got {start_step}")
     start = start_step * n  # Examples this host has consumed before start_step.
-    kind, _ = parse_source(data_config.source)
-    if kind == "tfds":
-        builder = _tfds_builder(data_config)
-        stream, num = _tfds_train_stream(builder, data_config, seed, start, process_index,
-                                         process_count)
-        load, split, shard = None, None, None
-    else:
-        split = indexed_split(data_config, data_config.get("train_split", "train"))
-        shard = train_shard(split.num_examples, process_index, process_count,
-                            bool(data_config.get("shuffle_files", True)))
-        if len(shard) == 0:
-            raise DataError(f"{split.name} has {split.num_examples} examples, too few to give "
-                            f"each of {process_count} processes one")
-        stream = _position_stream(shard, seed, start)
-        load = split.load
-    ds = stream.map(_train_map(data_config, seed, load), num_parallel_calls=tf.data.AUTOTUNE,
-                    deterministic=True)
-    ds = _options(ds.batch(n, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
-
-    def describe_error(k, error):
-        if split is None:
-            return f"cannot decode an image of {data_config.source!r}: {error}"
-        first = start + k * n
-        return _find_corrupt(split, _positions_to_indices(shard, seed, range(first, first + n)))
-
-    return _numpy_batches(ds, describe_error)
+    source = train_source(data_config, seed, start, process_index, process_count)
+    ds = source.stream.map(_train_map(data_config, seed, source.read),
+                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = with_pipeline_options(ds.batch(n, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
+    return numpy_batches(ds, lambda k, error: source.describe_error(start + k * n, n, error))
 
 
 def _eval_layout(num_examples: int, process_index: int, process_count: int, n: int):
@@ -484,6 +517,26 @@ def _eval_layout(num_examples: int, process_index: int, process_count: int, n: i
     return first, count, max(1, math.ceil(most / n)) * n
 
 
+def tfds_eval_source(data_config, split: str, n: int, process_index: int, process_count: int,
+                     fields: Callable[[dict], tuple] | None = None,
+                     padding: tuple = (0,)) -> tf.data.Dataset:
+    """This host's contiguous share of a TFDS split as (uint8 image, *fields(example), True).
+
+    Padded with (zero image [S, S, 3], *padding, False) to as many whole batches of n as every
+    host yields; `fields` defaults to the label, padded with 0.
+    """
+    builder = tfds_builder(data_config)
+    size = int(data_config.image_size)
+    host_split, _, count = _tfds_host_split(builder, split, process_index, process_count)
+    padded = _eval_layout(_tfds_num_examples(builder, split), process_index, process_count, n)[2]
+    real = _tfds_records(builder, host_split, data_config, fields).map(
+        lambda i, image, *rest: (decode_image(image), *rest, True),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    pad = tf.data.Dataset.range(padded - count).map(
+        lambda _: (tf.zeros([size, size, 3], tf.uint8), *padding, False))
+    return real.concatenate(pad)
+
+
 def eval_iterator(data_config, split: str, *, global_batch_size: int,
                   process_index: int | None = None, process_count: int | None = None,
                   ) -> Iterator[dict[str, np.ndarray]]:
@@ -492,22 +545,13 @@ def eval_iterator(data_config, split: str, *, global_batch_size: int,
     Yields {"image": float32 [n, S, S, 3] in [0, 1], "label": int32 [n], "mask": bool [n]}; the
     last batch is padded (mask False, zero image, label 0) so every host yields as many batches.
     """
-    process_index, process_count = _process(process_index, process_count)
+    process_index, process_count = resolve_process(process_index, process_count)
     n = host_batch_size(global_batch_size, process_count)
     size = int(data_config.image_size)
     crop_fraction = float(data_config.get("eval_crop_fraction", 1.0))
     kind, _ = parse_source(data_config.source)
     if kind == "tfds":
-        builder = _tfds_builder(data_config)
-        host_split, _, count = _tfds_host_split(builder, split, process_index, process_count)
-        total = _tfds_num_examples(builder, split)
-        padded = _eval_layout(total, process_index, process_count, n)[2]
-        real = _tfds_records(builder, host_split, data_config).map(
-            lambda i, image, label: (decode_image(image), label, True),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        pad = tf.data.Dataset.range(padded - count).map(
-            lambda _: (tf.zeros([size, size, 3], tf.uint8), tf.constant(0), False))
-        ds = real.concatenate(pad)
+        ds = tfds_eval_source(data_config, split, n, process_index, process_count)
         indexed = None
     else:
         indexed = indexed_split(data_config, split)
@@ -528,7 +572,7 @@ def eval_iterator(data_config, split: str, *, global_batch_size: int,
         return {"image": image, "label": tf.cast(label, tf.int32), "mask": valid}
 
     ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = _options(ds.batch(n, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
+    ds = with_pipeline_options(ds.batch(n, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
 
     def describe_error(k, error):
         if indexed is None:
@@ -536,7 +580,7 @@ def eval_iterator(data_config, split: str, *, global_batch_size: int,
         lo, hi = first + k * n, min(first + (k + 1) * n, first + count)
         return _find_corrupt(indexed, range(lo, hi))
 
-    return _numpy_batches(ds, describe_error)
+    return numpy_batches(ds, describe_error)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -547,7 +591,7 @@ def num_examples(data_config, split: str) -> int:
     """Number of examples in `split` over all hosts."""
     kind, _ = parse_source(data_config.source)
     if kind == "tfds":
-        return _tfds_num_examples(_tfds_builder(data_config), split)
+        return _tfds_num_examples(tfds_builder(data_config), split)
     return indexed_split(data_config, split).num_examples
 
 
@@ -560,7 +604,7 @@ def class_names(data_config) -> list[str]:
     if kind == "demo":
         return [str(d) for d in range(10)]
     if kind == "tfds":
-        feature = _tfds_builder(data_config).info.features[data_config.get("label_key", "label")]
+        feature = tfds_builder(data_config).info.features[data_config.get("label_key", "label")]
         return list(feature.names)
     return [f"class_{k}" for k in range(indexed_split(data_config, train).num_classes)]
 
@@ -570,7 +614,7 @@ def dataset_info(data_config) -> DatasetInfo:
     kind, _ = parse_source(data_config.source)
     train = data_config.get("train_split", "train")
     if kind == "tfds":
-        builder = _tfds_builder(data_config)
+        builder = tfds_builder(data_config)
         label = builder.info.features[data_config.get("label_key", "label")]
         return DatasetInfo(_tfds_num_examples(builder, train), int(label.num_classes))
     split = indexed_split(data_config, train)
