@@ -1,17 +1,20 @@
-"""The fields every config shares, with defaults; each configs/*.py starts from `base()`.
+"""The fields every config shares, with defaults; each configs/*.py starts from `base(method)`.
 
 Keeping one schema means `--config.key=value` overrides read the same in every config, and an
-unknown key is refused by ml_collections before anything runs.
+unknown key is refused by ml_collections before anything runs. A method's own fields (MoCo's
+queue, the image-text towers) are added for that method only, so they cannot be set by mistake
+on a config where they would mean nothing.
 """
 
 import ml_collections
 
 
-def base() -> ml_collections.ConfigDict:
-    """Defaults for every top-level, data, model, optimizer, loss and eval field."""
+def base(method: str = "simclr") -> ml_collections.ConfigDict:
+    """Defaults for every top-level, data, model, optimizer, loss and eval field, plus the
+    fields of `method`."""
     config = ml_collections.ConfigDict()
     config.seed = 0
-    config.method = "simclr"
+    config.method = method
     config.batch_size = 512  # Global, over all devices and hosts.
     config.total_steps = -1  # <= 0: derived from num_epochs.
     config.num_epochs = 100.0
@@ -72,4 +75,101 @@ def base() -> ml_collections.ConfigDict:
     config.eval.linear_batch_size = 1024
     config.eval.linear_learning_rate = 0.01
     config.eval.linear_weight_decay = 1e-4
+    if method == "moco":
+        _add_moco_fields(config)
+    if method in ("clip", "siglip"):
+        _add_image_text_fields(config, method)
+    return config
+
+
+def _add_moco_fields(config: ml_collections.ConfigDict) -> None:
+    """MoCo v2's defaults (He et al. 2020, Chen et al. 2020b)."""
+    config.loss.temperature = 0.2
+    config.loss.queue_size = 65_536  # K negatives; a multiple of batch_size.
+    config.loss.momentum = 0.999  # Key encoder EMA momentum m.
+    config.loss.momentum_schedule = "constant"  # or "cosine": m rises to 1 (BYOL, MoCo v3).
+    config.model.moco_bn = "shuffle"  # or "global" (synchronised BN over all devices).
+    config.model.bn_splits = 1  # BN groups per device; > 1 for shuffling BN on one device.
+    config.model.head_layers = 2
+    config.model.head_hidden_dim = 2048
+    config.model.head_out_dim = 128
+    config.model.head_bn = False
+
+
+def _add_image_text_fields(config: ml_collections.ConfigDict, method: str) -> None:
+    """Two towers, text input and AdamW: CLIP's defaults (Radford et al. 2021), or SigLIP's
+    scale and bias (Zhai et al. 2023). No temperature: the scale is learned."""
+    del config.loss["temperature"]
+    config.data.tokenizer = "bytes"  # or the path of a SentencePiece .model file
+    config.data.max_text_len = 32  # Tokens per caption, BOS and EOS included (CLIP: 77).
+    config.data.caption_key = ""  # "": captions from class names; else a TFDS text feature.
+    config.data.crop_area_min = 0.5
+
+    config.model.name = "vit"  # or a ResNet name for a ResNet image tower
+    config.model.variant = "B/16"  # ViT SIZE/PATCH: mu, Ti, S, M, B, L with any patch size
+    config.model.depth = ml_collections.config_dict.placeholder(int)  # None: the variant's
+    config.model.pool = "cls"  # or "gap"
+    config.model.embed_dim = 512
+    config.model.text_width = 512
+    config.model.text_depth = 12
+    config.model.text_heads = 8
+    config.model.text_mlp_dim = ml_collections.config_dict.placeholder(int)  # None: 4 x width
+    config.model.text_causal = True
+    config.model.text_pool = "last"  # or "mean"
+
+    config.loss.init_scale = 1 / 0.07 if method == "clip" else 10.0  # exp(t') at init
+    if method == "clip":
+        config.loss.max_scale = 100.0
+    else:
+        config.loss.init_bias = -10.0
+        config.loss.siglip_impl = "all_gather"  # or "ring"
+
+    config.optimizer.name = "adamw"
+    config.optimizer.learning_rate = 5e-4
+    config.optimizer.lr_scaling = "none"
+    config.optimizer.weight_decay = 0.2 if method == "clip" else 1e-4
+    config.optimizer.b2 = 0.98 if method == "clip" else 0.95
+    config.optimizer.eps = 1e-6
+    config.optimizer.grad_clip_norm = 1.0
+
+    config.eval.captions_per_image = 5  # Retrieval on caption datasets.
+    config.eval.zeroshot_source = ""  # Labelled source for zero-shot; "": data.source.
+
+
+# size: (ViT variant, ViT depth, text width, text depth, epochs)
+CIFAR10_TOWERS = {"mu": ("Ti/8", 4, 128, 2, 3.0), "ti": ("Ti/4", 12, 256, 6, 30.0)}
+
+
+def image_text_cifar10(method: str, size: str | None) -> ml_collections.ConfigDict:
+    """The CIFAR-10 image-text recipe of configs/clip_cifar10.py and siglip_cifar10.py: class-name
+    prompt captions, small towers. `size` "mu" (default: ViT-Ti/8 of depth 4, 3 epochs) learns on
+    2 CPU cores in minutes; "ti" (ViT-Ti/4, 30 epochs) is the same recipe for a GPU."""
+    size = size or "mu"
+    if size not in CIFAR10_TOWERS:
+        raise ValueError(f"{method}_cifar10 takes one of {sorted(CIFAR10_TOWERS)}, got {size!r}")
+    variant, depth, text_width, text_depth, epochs = CIFAR10_TOWERS[size]
+    config = base(method)
+    config.batch_size = 256
+    config.num_epochs = epochs
+    config.log_every = 20
+    config.eval_every = 0
+    config.checkpoint_every = 500
+
+    config.data.source = "tfds:cifar10"
+    config.data.image_size = 32
+    config.data.crop_area_min = 0.5
+    config.data.max_text_len = 48  # Bytes: the longest prompt has 43.
+
+    config.model.name = "vit"
+    config.model.variant = variant
+    config.model.depth = depth
+    config.model.pool = "gap"
+    config.model.embed_dim = 128
+    config.model.text_width = text_width
+    config.model.text_depth = text_depth
+    config.model.text_heads = 4
+
+    config.optimizer.learning_rate = 1e-3
+    config.optimizer.warmup_epochs = 1.0
+    config.eval.batch_size = 500
     return config

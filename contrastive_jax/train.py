@@ -41,10 +41,14 @@ class ConfigMismatchError(ValueError):
 
 @flax.struct.dataclass
 class TrainState:
+    """Everything a step reads and writes. `extra` is the method's own state, updated by the
+    step but not by the optimizer: MoCo's key encoder and queue; empty for the other methods."""
+
     step: jax.Array
     params: Any
     batch_stats: Any
     opt_state: Any
+    extra: Any
 
 
 def resolve_steps(config: ml_collections.ConfigDict, num_train_examples: int
@@ -71,37 +75,47 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.total_steps <= 0:
         raise ValueError(f"config.total_steps must be > 0, got {config.total_steps}")
     parallel.per_device_batch_size(config.batch_size)
-    methods.get(config.method)
+    method = methods.get(config.method)
+    if hasattr(method, "validate"):
+        method.validate(config)
 
 
-def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array,
-                       input_shape: tuple[int, ...]) -> TrainState:
-    """Freshly initialised parameters, BatchNorm statistics and optimizer state."""
-    variables = model.init(rng, jnp.zeros(input_shape, jnp.float32), train=False)
+def create_train_state(method, model, config: ml_collections.ConfigDict,
+                       tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+    """Freshly initialised parameters, BatchNorm statistics, optimizer and method state."""
+    init_rng, extra_rng = jax.random.split(rng)
+    variables = method.init_variables(model, config, init_rng)
     params = variables["params"]
+    init_extra = getattr(method, "init_extra", None)
+    extra = init_extra(config, variables, extra_rng) if init_extra else {}
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
+                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+                      extra=extra)
 
 
 def make_train_step(method, model, config, tx, schedule) -> Callable:
     """The per-device step `(state, batch, rng) -> (state, metrics)` for either wrapper.
 
-    Gradients and metrics are `pmean`-ed over the `data` axis; BatchNorm statistics are already
-    identical on every device because BatchNorm averages its batch moments over the axis.
+    The method's loss returns the state fields it changes besides the parameters (BatchNorm
+    statistics, MoCo's queue); its optional `after_update(config, state)` then sees the updated
+    parameters (MoCo's momentum encoder, CLIP's clamped scale). Gradients and metrics are
+    `pmean`-ed over the `data` axis; BatchNorm statistics are already identical on every device
+    because BatchNorm averages its batch moments over the axis. The loss gets the step's key,
+    the same on every device; a method that wants per-device randomness folds in the axis index.
     """
     axis = parallel.AXIS
+    after_update = getattr(method, "after_update", lambda config, state: state)
 
     def step(state: TrainState, batch, rng):
-        rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), jax.lax.axis_index(axis))
+        rng = jax.random.fold_in(rng, state.step)
         grad_fn = jax.value_and_grad(
-            lambda p: method.loss_fn(model, config, p, state.batch_stats, batch, rng, axis),
-            has_aux=True)
-        (loss, (batch_stats, metrics)), grads = grad_fn(state.params)
+            lambda p: method.loss_fn(model, config, p, state, batch, rng, axis), has_aux=True)
+        (loss, (changes, metrics)), grads = grad_fn(state.params)
         grads = jax.lax.pmean(grads, axis)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new_state = TrainState(step=state.step + 1,
-                               params=optax.apply_updates(state.params, updates),
-                               batch_stats=batch_stats, opt_state=opt_state)
+        new_state = state.replace(params=optax.apply_updates(state.params, updates),
+                                  opt_state=opt_state, **changes)
+        new_state = after_update(config, new_state).replace(step=state.step + 1)
         metrics = jax.lax.pmean({**metrics, "loss": loss}, axis)
         metrics["learning_rate"] = schedule(state.step)
         return new_state, metrics
@@ -174,7 +188,8 @@ class Trainer:
         self.train_step = parallel.wrap_step(
             make_train_step(self.method, self.model, config, self.tx, self.schedule),
             self.kind, self.mesh)
-        self.encode = self.method.encoder_features(
+        self.is_image_text = getattr(self.method, "IMAGE_TEXT", False)
+        self.extractors = self._make_extractors(
             self.method.build_model(config, self.info.num_classes, None))
         _check_workdir_config(workdir, config)
         self.checkpoints = ocp.CheckpointManager(
@@ -187,9 +202,8 @@ class Trainer:
 
     def initial_state(self) -> TrainState:
         """The newest checkpoint's state if there is one, else a fresh one; on the devices."""
-        init = lambda: create_train_state(self.model, self.tx,
-                                          jax.random.PRNGKey(self.config.seed),
-                                          self.method.input_shape(self.config))
+        init = lambda: create_train_state(self.method, self.model, self.config, self.tx,
+                                          jax.random.PRNGKey(self.config.seed))
         latest = self.checkpoints.latest_step()
         if latest is None:
             return parallel.replicate(jax.device_get(jax.jit(init)()), self.kind, self.mesh)
@@ -217,21 +231,93 @@ class Trainer:
 
     # -- evaluation ------------------------------------------------------------------------------
 
+    def _make_extractors(self, eval_model) -> dict[str, Callable]:
+        """The wrapped per-device evaluation functions, compiled once per run."""
+        wrap = lambda fn: evaluate.wrap_extractor(fn, self.kind, self.mesh)
+        if not self.is_image_text:
+            return {"features": evaluate.feature_extractor(
+                self.method.encoder_features(eval_model), self.kind, self.mesh)}
+        embed_images = self.method.embed_images(eval_model)
+        embed_texts = self.method.embed_texts(eval_model)
+
+        def embed_pairs(variables, batch):
+            n, captions, length = batch["text"].shape
+            texts = embed_texts(variables, batch["text"].reshape(n * captions, length))
+            return {"image": embed_images(variables, batch["image"]),
+                    "text": texts.reshape(n, captions, -1),
+                    "text_valid": jnp.any(batch["text"] != 0, axis=-1)}
+
+        return {"images": wrap(lambda variables, batch: {
+                    "embedding": embed_images(variables, batch["image"]),
+                    "label": batch["label"]}),
+                "pairs": wrap(embed_pairs),
+                "prompts": jax.jit(embed_texts)}
+
     def evaluate(self, state: TrainState) -> dict[str, float]:
-        """kNN and linear-probe accuracy of the encoder's features on the evaluation split."""
-        from contrastive_jax import input_pipeline
+        """kNN and linear-probe accuracy of the encoder's features (image methods), or zero-shot
+        accuracy and retrieval recall (image-text methods), on the evaluation split."""
         variables = {"params": state.params, "batch_stats": state.batch_stats}
+        if self.is_image_text:
+            return self._evaluate_image_text(variables)
+        from contrastive_jax import input_pipeline
         data, eval_config = self.config.data, self.config.eval
 
         def features(split):
             batches = input_pipeline.eval_iterator(data, split,
                                                    global_batch_size=eval_config.batch_size)
-            return evaluate.extract_features(self.encode, variables, batches, self.kind,
-                                             self.mesh)
+            out = evaluate.extract(self.extractors["features"], variables, batches, self.kind,
+                                   self.mesh)
+            return out["features"], out["label"]
 
         return evaluate.evaluate_representation(
             features(data.get("train_split", "train")), features(data.get("eval_split", "test")),
             self.info.num_classes, eval_config)
+
+    def _evaluate_image_text(self, variables) -> dict[str, float]:
+        """Image <-> text recall@k on a caption source; zero-shot top-1 on a labelled one (or
+        on `eval.zeroshot_source`)."""
+        from contrastive_jax import image_text_pipeline
+        results: dict[str, float] = {}
+        if image_text_pipeline.has_captions(self.config.data):
+            results.update(self._retrieval(variables))
+        if self.config.eval.zeroshot_source or self.info.num_classes:
+            results["zeroshot_top1"] = self._zero_shot_top1(variables)
+        return results
+
+    def _retrieval(self, variables) -> dict[str, float]:
+        from contrastive_jax import image_text_pipeline
+        data, eval_config = self.config.data, self.config.eval
+        out = evaluate.extract(
+            self.extractors["pairs"], variables,
+            image_text_pipeline.eval_iterator(
+                data, data.get("eval_split", "test"), global_batch_size=eval_config.batch_size,
+                captions_per_image=eval_config.captions_per_image), self.kind, self.mesh)
+        image_of_text, caption = np.nonzero(out["text_valid"])
+        return evaluate.retrieval_recall(out["image"], out["text"][image_of_text, caption],
+                                         image_of_text)
+
+    def _zero_shot_top1(self, variables) -> float:
+        """Class-name prompts (all templates, averaged) against the eval split's images."""
+        from contrastive_jax import image_text_pipeline, input_pipeline, tokenizer
+        data, eval_config = self.config.data, self.config.eval
+        zeroshot_data = ml_collections.ConfigDict(data.to_dict())
+        zeroshot_data.caption_key = ""
+        if eval_config.zeroshot_source:
+            zeroshot_data.source = eval_config.zeroshot_source
+        prompts = [image_text_pipeline.class_captions(name)
+                   for name in input_pipeline.class_names(zeroshot_data)]
+        tokens = tokenizer.get_tokenizer(data).tokenize(
+            [prompt for class_prompts in prompts for prompt in class_prompts])
+        prompt_embeddings = self.extractors["prompts"](
+            parallel.unreplicate(variables, self.kind), np.asarray(tokens))
+        classifier = evaluate.zero_shot_classifier(
+            np.asarray(prompt_embeddings).reshape(len(prompts), len(prompts[0]), -1))
+        out = evaluate.extract(
+            self.extractors["images"], variables,
+            input_pipeline.eval_iterator(zeroshot_data, data.get("eval_split", "test"),
+                                         global_batch_size=eval_config.batch_size),
+            self.kind, self.mesh)
+        return evaluate.zero_shot_top1(out["embedding"], out["label"], classifier)
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -245,8 +331,12 @@ class Trainer:
         evaluating = config.eval_every >= 0
         if start == 0 and evaluating and config.eval_at_start:
             writer.write(0, self.evaluate(state))
-        batches = input_pipeline.train_iterator(config.data, global_batch_size=config.batch_size,
-                                                seed=config.seed, start_step=start)
+        if self.is_image_text:
+            from contrastive_jax import image_text_pipeline as pipeline
+        else:
+            pipeline = input_pipeline
+        batches = pipeline.train_iterator(config.data, global_batch_size=config.batch_size,
+                                          seed=config.seed, start_step=start)
         rng = parallel.replicate(jax.random.PRNGKey(config.seed + 1), self.kind, self.mesh)
         preemption = _Preemption()
         last: dict[str, float] = {}

@@ -16,9 +16,9 @@ from contrastive_jax.logging import read_metrics
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_config(**overrides):
+def tiny_config(method="simclr", **overrides):
     """A ResNet-18 of base width 4 on 16x16 synthetic images, 16 per global batch."""
-    config = config_defaults.base()
+    config = config_defaults.base(method)
     config.batch_size = 16
     config.total_steps = 4
     config.log_every = 1

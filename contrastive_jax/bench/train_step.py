@@ -27,8 +27,17 @@ flags.DEFINE_list("cases", [], "BASE_WIDTHxIMAGE_SIZE cases; empty: the config's
 FLAGS = flags.FLAGS
 
 
+def random_batch(shapes: dict[str, jax.ShapeDtypeStruct], seed: int = 0) -> dict[str, np.ndarray]:
+    """Host arrays of the given shapes: floats uniform in [0, 1), integers in [1, 200)."""
+    rng = np.random.default_rng(seed)
+    return {name: (rng.random(s.shape).astype(s.dtype) if np.issubdtype(s.dtype, np.floating)
+                   else rng.integers(1, 200, s.shape).astype(s.dtype))
+            for name, s in shapes.items()}
+
+
 def time_step(config, steps: int) -> dict:
-    """Seconds per step of the config's SimCLR step on random device-resident batches."""
+    """Seconds per step of the config's method's train step on random device-resident
+    batches."""
     kind, mesh = config.parallel, parallel.make_mesh()
     method = methods.get(config.method)
     model = method.build_model(config, 10, parallel.AXIS)
@@ -37,13 +46,10 @@ def time_step(config, steps: int) -> dict:
     step = parallel.wrap_step(train.make_train_step(method, model, config, tx, schedule), kind,
                               mesh)
     state = parallel.replicate(jax.device_get(jax.jit(lambda: train.create_train_state(
-        model, tx, jax.random.PRNGKey(0), method.input_shape(config)))()), kind, mesh)
-    size, n = config.data.image_size, config.batch_size // jax.process_count()
-    rng = np.random.default_rng(0)
+        method, model, config, tx, jax.random.PRNGKey(0)))()), kind, mesh)
     batch = parallel.host_batch_to_devices(
-        {"view1": rng.random((n, size, size, 3), np.float32),
-         "view2": rng.random((n, size, size, 3), np.float32),
-         "label": np.zeros((n,), np.int32)}, kind, mesh)
+        random_batch(method.batch_shapes(config, config.batch_size // jax.process_count())),
+        kind, mesh)
     key = parallel.replicate(jax.random.PRNGKey(1), kind, mesh)
     state, metrics = step(state, batch, key)
     jax.block_until_ready(metrics)

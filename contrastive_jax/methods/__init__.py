@@ -1,8 +1,23 @@
-"""Contrastive methods: each a module of plain functions (model, loss, feature extractor).
+"""Contrastive methods: each a module of plain functions (model, loss, features), not a class.
 
-A method module provides `build_model(config, num_classes, axis_name)`, `input_shape(config)`,
-`loss_fn(model, config, params, batch_stats, batch, rng, axis_name) -> (loss, (batch_stats,
-metrics))` and `encoder_features(model) -> (variables, images) -> features`.
+A method module provides
+
+- `build_model(config, num_classes, axis_name) -> nn.Module`: `axis_name` is the axis that
+  BatchNorm averages over (None for the single-device evaluation copy);
+- `init_variables(model, config, rng) -> variables` and `batch_shapes(config, n)`: the shapes and
+  dtypes of a per-host batch of n examples, as the input pipeline yields it (benchmarks feed
+  random arrays of these shapes);
+- `loss_fn(model, config, params, state, batch, rng, axis_name) -> (loss, (changes, metrics))`:
+  `changes` are the TrainState fields the step replaces besides params and opt_state
+  (`batch_stats`, `extra`); metrics are this device's, averaged by the step;
+- `encoder_features(model) -> (variables, images) -> features`: the frozen representation that
+  kNN and linear probes evaluate;
+
+and optionally `validate(config)` (refuses settings the method cannot run), `init_extra(config,
+variables, rng)` (state beside the parameters, such as MoCo's key encoder and queue) and
+`after_update(config, state) -> state` (runs after the optimizer step). Image-text methods set
+`IMAGE_TEXT = True` and add `embed_images(model)` / `embed_texts(model)` for zero-shot
+classification and retrieval.
 """
 
 from __future__ import annotations
@@ -10,7 +25,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-METHODS = ("simclr",)
+METHODS = ("simclr", "moco", "supcon", "clip", "siglip")
 
 
 def get(name: str) -> ModuleType:

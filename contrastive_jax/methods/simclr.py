@@ -52,39 +52,55 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int,
     return SimCLRModel(encoder=encoder, projection=projection, num_classes=num_classes)
 
 
-def input_shape(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+def init_variables(model: SimCLRModel, config: ml_collections.ConfigDict, rng: Array) -> dict:
     size = config.data.image_size
-    return (1, size, size, 3)
+    return model.init(rng, jnp.zeros((1, size, size, 3), jnp.float32), train=False)
 
 
-def loss_fn(model: SimCLRModel, config: ml_collections.ConfigDict, params, batch_stats,
-            batch: dict[str, Array], rng: Array, axis_name: str | None):
-    """NT-Xent of the two views' projections plus the online probe's cross-entropy.
+def batch_shapes(config: ml_collections.ConfigDict, n: int) -> dict[str, jax.ShapeDtypeStruct]:
+    size = config.data.image_size
+    view = jax.ShapeDtypeStruct((n, size, size, 3), jnp.float32)
+    return {"view1": view, "view2": view, "label": jax.ShapeDtypeStruct((n,), jnp.int32)}
 
-    Returns (loss, (new batch_stats, metrics)); metrics are this device's, not yet averaged.
+
+def probe_loss_and_metrics(probe_logits: Array, labels: Array) -> tuple[Array, dict[str, Array]]:
+    """Cross-entropy and top-1 of the online linear probe (on stop-gradient features)."""
+    loss = optax.softmax_cross_entropy_with_integer_labels(
+        probe_logits.astype(jnp.float32), labels).mean()
+    return loss, {"probe_loss": loss,
+                  "probe_top1": jnp.mean(jnp.argmax(probe_logits, -1) == labels)}
+
+
+def two_view_loss(model: nn.Module, params, batch_stats, batch: dict[str, Array],
+                  contrastive_fn: Callable[[Array, Array], tuple[Array, dict]]):
+    """Both views through the network as one batch (so BatchNorm sees all 2N views), the
+    contrastive loss of their projections plus the online probe's cross-entropy.
+
+    Returns (loss, ({"batch_stats": ...}, metrics)); metrics are this device's.
     """
-    del rng
     n = batch["view1"].shape[0]
     images = jnp.concatenate([batch["view1"], batch["view2"]], axis=0)
     (_, projection, probe_logits), updates = model.apply(
         {"params": params, "batch_stats": batch_stats}, images, train=True,
         mutable=["batch_stats"])
-    contrastive, metrics = losses.nt_xent(
-        projection[:n], projection[n:], config.loss.temperature, axis_name=axis_name,
-        with_metrics=True)
-    labels = jnp.concatenate([batch["label"], batch["label"]])
-    probe_loss = optax.softmax_cross_entropy_with_integer_labels(
-        probe_logits.astype(jnp.float32), labels).mean()
-    metrics = {
-        **metrics,
-        "contrastive_loss": contrastive,
-        "probe_loss": probe_loss,
-        "probe_top1": jnp.mean(jnp.argmax(probe_logits, -1) == labels),
-    }
-    return contrastive + probe_loss, (updates["batch_stats"], metrics)
+    contrastive, metrics = contrastive_fn(projection[:n], projection[n:])
+    probe_loss, probe_metrics = probe_loss_and_metrics(
+        probe_logits, jnp.concatenate([batch["label"], batch["label"]]))
+    metrics = {**metrics, **probe_metrics, "contrastive_loss": contrastive}
+    return contrastive + probe_loss, ({"batch_stats": updates["batch_stats"]}, metrics)
 
 
-def encoder_features(model: SimCLRModel) -> Callable[[dict, Array], Array]:
+def loss_fn(model: SimCLRModel, config: ml_collections.ConfigDict, params, state,
+            batch: dict[str, Array], rng: Array, axis_name: str | None):
+    """NT-Xent of the two views' projections over all devices, plus the online probe."""
+    del rng
+    return two_view_loss(
+        model, params, state.batch_stats, batch,
+        lambda z1, z2: losses.nt_xent(z1, z2, config.loss.temperature, axis_name=axis_name,
+                                      with_metrics=True))
+
+
+def encoder_features(model: nn.Module) -> Callable[[dict, Array], Array]:
     """`(variables, images) -> encoder features` in inference mode, for kNN / linear probes."""
 
     def encode(variables, images):

@@ -1,0 +1,48 @@
+"""CLIP (Radford et al. 2021): symmetric InfoNCE between image and text embeddings of the global
+batch (`losses.clip_loss`), a learnable log scale initialised at log(1 / 0.07) and clamped at
+`loss.max_scale` (100) after every step, as OpenAI's training does."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from contrastive_jax import losses
+from contrastive_jax.methods import image_text
+from contrastive_jax.methods.image_text import (IMAGE_TEXT, batch_shapes, embed_images,
+                                                embed_texts, encoder_features, init_variables)
+
+__all__ = ["IMAGE_TEXT", "after_update", "batch_shapes", "build_model", "embed_images",
+           "embed_texts", "encoder_features", "init_variables", "loss_fn", "validate"]
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int,
+                axis_name: str | None) -> image_text.ImageTextModel:
+    return image_text.build_model(config, num_classes, axis_name,
+                                  init_log_scale=math.log(config.loss.init_scale))
+
+
+def loss_fn(model: image_text.ImageTextModel, config: ml_collections.ConfigDict, params, state,
+            batch: dict[str, jax.Array], rng: jax.Array, axis_name: str | None):
+    """CLIP's loss over the global batch; metrics include the scale."""
+    del config, rng
+    return image_text.pair_loss(
+        model, params, state.batch_stats, batch,
+        lambda img, txt, scale, bias: losses.clip_loss(img, txt, scale, axis_name=axis_name,
+                                                       with_metrics=True))
+
+
+def after_update(config: ml_collections.ConfigDict, state):
+    """Clamps the log scale at log(loss.max_scale)."""
+    params = dict(state.params)
+    params["log_scale"] = jnp.minimum(params["log_scale"], math.log(config.loss.max_scale))
+    return state.replace(params=params)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    if not 0 < config.loss.init_scale <= config.loss.max_scale:
+        raise ValueError(f"config.loss.init_scale ({config.loss.init_scale}) must be in "
+                         f"(0, loss.max_scale = {config.loss.max_scale}]")

@@ -1,0 +1,47 @@
+"""SigLIP (Zhai et al. 2023): the pairwise sigmoid loss over every image-text pair of the global
+batch (`losses.siglip_loss`), with a learnable log scale t' (init log 10) and bias b (init -10).
+`loss.siglip_impl = "ring"` passes text blocks around the devices so that no device holds more
+than its own n x n block of logits; "all_gather" holds n x N."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import ml_collections
+
+from contrastive_jax import losses
+from contrastive_jax.methods import image_text
+from contrastive_jax.methods.image_text import (IMAGE_TEXT, batch_shapes, embed_images,
+                                                embed_texts, encoder_features, init_variables)
+
+__all__ = ["IMAGE_TEXT", "batch_shapes", "build_model", "embed_images", "embed_texts",
+           "encoder_features", "init_variables", "loss_fn", "validate"]
+
+IMPLS = ("all_gather", "ring")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    if config.loss.init_scale <= 0:
+        raise ValueError(f"config.loss.init_scale must be > 0, got {config.loss.init_scale}")
+    if config.loss.siglip_impl not in IMPLS:
+        raise ValueError(f"config.loss.siglip_impl must be one of {IMPLS}, got "
+                         f"{config.loss.siglip_impl!r}")
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int,
+                axis_name: str | None) -> image_text.ImageTextModel:
+    return image_text.build_model(config, num_classes, axis_name,
+                                  init_log_scale=math.log(config.loss.init_scale),
+                                  init_bias=config.loss.init_bias)
+
+
+def loss_fn(model: image_text.ImageTextModel, config: ml_collections.ConfigDict, params, state,
+            batch: dict[str, jax.Array], rng: jax.Array, axis_name: str | None):
+    """SigLIP's loss over the global batch; metrics include the scale and bias."""
+    del rng
+    return image_text.pair_loss(
+        model, params, state.batch_stats, batch,
+        lambda img, txt, scale, bias: losses.siglip_loss(
+            img, txt, scale, bias, axis_name=axis_name, impl=config.loss.siglip_impl,
+            with_metrics=True))

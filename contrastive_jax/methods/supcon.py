@@ -1,0 +1,24 @@
+"""Supervised contrastive learning (Khosla et al. 2020): SimCLR's two views and network, with
+every other view of the same class as a positive (`losses.supcon`, the L_out form) over the
+global batch. Labels come from the input pipeline with the views."""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+
+from contrastive_jax import losses
+from contrastive_jax.methods.simclr import (batch_shapes, build_model, encoder_features,
+                                            init_variables, two_view_loss)
+
+__all__ = ["batch_shapes", "build_model", "encoder_features", "init_variables", "loss_fn"]
+
+
+def loss_fn(model, config: ml_collections.ConfigDict, params, state,
+            batch: dict[str, jax.Array], rng: jax.Array, axis_name: str | None):
+    """SupCon of the two views' projections over all devices, plus the online probe."""
+    del rng
+    return two_view_loss(
+        model, params, state.batch_stats, batch,
+        lambda z1, z2: losses.supcon(z1, z2, batch["label"], config.loss.temperature,
+                                     axis_name=axis_name, with_metrics=True))
