@@ -1,13 +1,15 @@
 """Evaluation of frozen representations: weighted kNN and a linear probe.
 
-Features come from every device and every host (`extract_features`); the classifiers then run
-on the gathered arrays, identically on every process, so all processes report the same numbers.
+Features and embeddings come from every device and every host (`wrap_extractor` + `extract`);
+the classifiers and retrieval metrics then run on the gathered arrays, identically on every
+process, so all processes report the same numbers. For image-text models: zero-shot
+classification with prompt ensembles (CLIP) and image <-> text retrieval recall@k.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -18,25 +20,41 @@ from jax.sharding import PartitionSpec as P
 from contrastive_jax import parallel
 
 
-def extract_features(encode: Callable, variables, batches: Iterable[Mapping[str, np.ndarray]],
-                     kind: parallel.Kind, mesh) -> tuple[np.ndarray, np.ndarray]:
-    """Runs `encode(variables, images) -> [n, F]` per device over every batch of an evaluation
-    iterator; returns the global (features, labels) with padding examples removed."""
+def wrap_extractor(per_example_fn: Callable[[Any, Mapping[str, jax.Array]], dict],
+                   kind: parallel.Kind, mesh) -> Callable:
+    """Wraps `per_example_fn(variables, batch) -> {name: [n, ...]}` to run on every device's
+    slice of an evaluation batch (variables replicated); the batch's `mask` rides along.
+
+    Wrap once per run and reuse it: each wrapping compiles anew."""
 
     def per_device(variables, batch):
-        return encode(variables, batch["image"]), batch["label"], batch["mask"]
+        return {**per_example_fn(variables, batch), "mask": batch["mask"]}
 
-    run = parallel.wrap(per_device, kind, mesh, in_specs=(P(), P(parallel.AXIS)),
-                        out_specs=(P(parallel.AXIS),) * 3)
-    features, labels = [], []
+    return parallel.wrap(per_device, kind, mesh, in_specs=(P(), P(parallel.AXIS)),
+                         out_specs=P(parallel.AXIS))
+
+
+def extract(run: Callable, variables, batches: Iterable[Mapping[str, np.ndarray]],
+            kind: parallel.Kind, mesh) -> dict[str, np.ndarray]:
+    """Runs a `wrap_extractor` function over every batch of an evaluation iterator; returns its
+    outputs for the whole split, gathered from every device and host, padding removed."""
+    outputs: dict[str, list[np.ndarray]] = {}
     for batch in batches:
         out = parallel.per_device_values(run(variables, parallel.host_batch_to_devices(
             batch, kind, mesh)), kind)
-        feats, labs, mask = out[0].reshape(-1, out[0].shape[-1]), out[1].reshape(-1), \
-            out[2].reshape(-1)
-        features.append(feats[mask])
-        labels.append(labs[mask])
-    return np.concatenate(features).astype(np.float32), np.concatenate(labels)
+        mask = out.pop("mask")
+        keep = mask.reshape(-1)
+        for name, value in out.items():
+            outputs.setdefault(name, []).append(
+                value.reshape(-1, *value.shape[mask.ndim:])[keep])
+    return {name: np.concatenate(values) for name, values in outputs.items()}
+
+
+def feature_extractor(encode: Callable, kind: parallel.Kind, mesh) -> Callable:
+    """`wrap_extractor` of `encode(variables, images) -> [n, F]` features with their labels."""
+    return wrap_extractor(
+        lambda variables, batch: {"features": encode(variables, batch["image"]).astype(
+            jnp.float32), "label": batch["label"]}, kind, mesh)
 
 
 @functools.partial(jax.jit, static_argnames="k")
@@ -65,6 +83,29 @@ def knn_top1(train_features: np.ndarray, train_labels: np.ndarray, test_features
     return correct / len(queries)
 
 
+@functools.partial(jax.jit, static_argnames=("num_classes", "steps", "batch_size"))
+def _fit_linear(x_train, y_train, key, *, num_classes: int, steps: int, batch_size: int,
+                learning_rate, weight_decay):
+    """AdamW with cosine decay on the cross-entropy of a linear layer; compiled once per shape."""
+    params = {"w": jnp.zeros((x_train.shape[1], num_classes)), "b": jnp.zeros((num_classes,))}
+    tx = optax.adamw(optax.cosine_decay_schedule(learning_rate, steps), weight_decay=weight_decay)
+
+    def loss_fn(params, x, y):
+        logits = x @ params["w"] + params["b"]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    def train_step(carry, key):
+        params, opt_state = carry
+        index = jax.random.choice(key, x_train.shape[0], (batch_size,), replace=False)
+        grads = jax.grad(loss_fn)(params, x_train[index], y_train[index])
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), None
+
+    (params, _), _ = jax.lax.scan(train_step, (params, tx.init(params)),
+                                  jax.random.split(key, steps))
+    return params
+
+
 def linear_probe_top1(train_features: np.ndarray, train_labels: np.ndarray,
                       test_features: np.ndarray, test_labels: np.ndarray, num_classes: int, *,
                       steps: int = 1000, batch_size: int = 1024, learning_rate: float = 0.01,
@@ -75,32 +116,12 @@ def linear_probe_top1(train_features: np.ndarray, train_labels: np.ndarray,
     mean = train_features.mean(0)
     std = train_features.std(0) + 1e-6
     x_train = jnp.asarray((train_features - mean) / std)
-    x_test = jnp.asarray((test_features - mean) / std)
-    y_train = jnp.asarray(train_labels)
-    dim = x_train.shape[1]
-    params = {"w": jnp.zeros((dim, num_classes)), "b": jnp.zeros((num_classes,))}
-    tx = optax.adamw(optax.cosine_decay_schedule(learning_rate, steps), weight_decay=weight_decay)
-    batch_size = min(batch_size, len(x_train))
-
-    def loss_fn(params, x, y):
-        logits = x @ params["w"] + params["b"]
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    def train_step(carry, key):
-        params, opt_state = carry
-        index = jax.random.choice(key, len(x_train), (batch_size,), replace=False)
-        grads = jax.grad(loss_fn)(params, x_train[index], y_train[index])
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), None
-
-    @jax.jit
-    def train(params, key):
-        (params, _), _ = jax.lax.scan(train_step, (params, tx.init(params)),
-                                      jax.random.split(key, steps))
-        return params
-
-    params = train(params, jax.random.PRNGKey(seed))
-    predictions = np.argmax(np.asarray(x_test @ params["w"] + params["b"]), axis=1)
+    x_test = (test_features - mean) / std
+    params = _fit_linear(x_train, jnp.asarray(train_labels), jax.random.PRNGKey(seed),
+                         num_classes=num_classes, steps=steps,
+                         batch_size=min(batch_size, len(x_train)),
+                         learning_rate=learning_rate, weight_decay=weight_decay)
+    predictions = np.argmax(x_test @ np.asarray(params["w"]) + np.asarray(params["b"]), axis=1)
     return float(np.mean(predictions == test_labels))
 
 
@@ -118,3 +139,63 @@ def evaluate_representation(train: tuple[np.ndarray, np.ndarray],
             learning_rate=eval_config.linear_learning_rate,
             weight_decay=eval_config.linear_weight_decay),
     }
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def zero_shot_classifier(class_prompt_embeddings: np.ndarray) -> np.ndarray:
+    """[classes, templates, d] text embeddings of every class's prompts -> [classes, d] unit
+    class vectors: each prompt's embedding normalised, averaged over the templates, normalised
+    again (CLIP's prompt ensembling)."""
+    return _unit(_unit(class_prompt_embeddings).mean(axis=1))
+
+
+def zero_shot_top1(image_embeddings: np.ndarray, labels: np.ndarray,
+                   classifier: np.ndarray) -> float:
+    """Fraction of images whose most cosine-similar class vector is their label's."""
+    scores = _unit(image_embeddings) @ classifier.T
+    return float(np.mean(np.argmax(scores, axis=1) == labels))
+
+
+@jax.jit
+def _ranks_of_positives(queries, query_ids, candidates, candidate_ids):
+    """For each query, how many candidates score strictly higher than its best positive (a
+    candidate with the query's id), all scores from the same product."""
+    scores = queries @ candidates.T
+    positive = query_ids[:, None] == candidate_ids[None, :]
+    best = jnp.max(jnp.where(positive, scores, -jnp.inf), axis=1)
+    return jnp.sum(scores > best[:, None], axis=1)
+
+
+def retrieval_recall(image_embeddings: np.ndarray, text_embeddings: np.ndarray,
+                     text_to_image: np.ndarray, ks: tuple[int, ...] = (1, 5, 10),
+                     chunk_size: int = 1024) -> dict[str, float]:
+    """Image -> text and text -> image recall@k by cosine similarity.
+
+    Text j describes image `text_to_image[j]`; an image may have several texts. Image -> text
+    recall@k is the fraction of images (with a text) that have one of their texts among the k
+    most similar texts; text -> image recall@k the fraction of texts whose image is among the k
+    most similar images. Ties count in the query's favour.
+    """
+    images, texts = _unit(image_embeddings), _unit(text_embeddings)
+    text_to_image = np.asarray(text_to_image)
+    image_ids = np.arange(len(images))
+
+    def ranks(queries, query_ids, candidates, candidate_ids):
+        return np.concatenate([
+            np.asarray(_ranks_of_positives(queries[i:i + chunk_size],
+                                           query_ids[i:i + chunk_size], candidates,
+                                           candidate_ids))
+            for i in range(0, len(queries), chunk_size)])
+
+    has_text = np.isin(image_ids, text_to_image)
+    image_ranks = ranks(images[has_text], image_ids[has_text], texts, text_to_image)
+    text_ranks = ranks(texts, text_to_image, images, image_ids)
+    results = {}
+    for k in ks:
+        results[f"i2t_recall@{k}"] = float(np.mean(image_ranks < k))
+        results[f"t2i_recall@{k}"] = float(np.mean(text_ranks < k))
+    return results

@@ -610,12 +610,15 @@ def class_names(data_config) -> list[str]:
 
 
 def dataset_info(data_config) -> DatasetInfo:
-    """(number of training examples over all hosts, number of classes)."""
+    """(number of training examples over all hosts, number of classes; 0 for a TFDS dataset
+    without a label feature, such as an image-caption set)."""
     kind, _ = parse_source(data_config.source)
     train = data_config.get("train_split", "train")
     if kind == "tfds":
         builder = tfds_builder(data_config)
-        label = builder.info.features[data_config.get("label_key", "label")]
-        return DatasetInfo(_tfds_num_examples(builder, train), int(label.num_classes))
+        label_key = data_config.get("label_key", "label")
+        num_classes = (int(builder.info.features[label_key].num_classes)
+                       if label_key in builder.info.features.keys() else 0)
+        return DatasetInfo(_tfds_num_examples(builder, train), num_classes)
     split = indexed_split(data_config, train)
     return DatasetInfo(split.num_examples, split.num_classes)

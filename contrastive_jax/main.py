@@ -45,18 +45,25 @@ def initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
+EVAL_COLUMNS = {"knn_top1": "kNN top-1", "linear_top1": "linear top-1",
+                "zeroshot_top1": "zero-shot top-1", "i2t_recall@1": "i2t R@1",
+                "t2i_recall@1": "t2i R@1", "i2t_recall@5": "i2t R@5", "t2i_recall@5": "t2i R@5"}
+
+
 def summary_table(workdir: str) -> str:
-    """kNN / linear top-1 of the randomly initialised encoder (step 0) and of the last eval."""
+    """The evaluation metrics of the randomly initialised model (step 0) and of the last eval."""
     from contrastive_jax.logging import read_metrics
-    evals = [row for row in read_metrics(workdir) if "knn_top1" in row]
+    evals = [row for row in read_metrics(workdir) if any(key in row for key in EVAL_COLUMNS)]
     if not evals:
         return "no evaluation results"
-    lines = [f"{'encoder':<22}{'kNN top-1':>10}{'linear top-1':>14}"]
-    for label, row in (("random init (step 0)", evals[0]), (f"trained (step {evals[-1]['step']})",
-                                                          evals[-1])):
-        if label.startswith("random") and row["step"] != 0:
-            continue
-        lines.append(f"{label:<22}{row['knn_top1']:>10.4f}{row.get('linear_top1', float('nan')):>14.4f}")
+    columns = [key for key in EVAL_COLUMNS if key in evals[-1]]
+    rows = [(f"trained (step {evals[-1]['step']})", evals[-1])]
+    if evals[0]["step"] == 0 and len(evals) > 1:
+        rows.insert(0, ("random init (step 0)", evals[0]))
+    lines = [f"{'model':<22}" + "".join(f"{EVAL_COLUMNS[key]:>17}" for key in columns)]
+    for label, row in rows:
+        lines.append(f"{label:<22}" + "".join(f"{row.get(key, float('nan')):>17.4f}"
+                                              for key in columns))
     return "\n".join(lines)
 
 
