@@ -1,0 +1,61 @@
+"""SigLIP ViT-B/16 with the paper's large-batch settings (Zhai et al. 2023), for a TPU pod slice
+(launch/tpu_pod.sh).
+
+    python -m contrastive_jax.main --config=configs/siglip_vit_b16.py \
+        --workdir=gs://BUCKET/siglip_b16 --config.data.data_dir=gs://BUCKET/tfds \
+        --config.data.tokenizer=gs://BUCKET/spm_32k.model
+
+Batch 32,768; the sigmoid loss with learnable t' = log 10 and b = -10, computed with the ring
+implementation (text blocks passed between devices, never the global logits); AdamW with
+beta2 0.95, lr 1e-3, weight decay 1e-4, 5,000 warmup steps then cosine decay. Towers: ViT-B/16
+at 224x224 (average pooling) and a 12-layer, 768-wide bidirectional text transformer over 16
+tokens, pooled at its last token, projected to 768; bfloat16 compute. WebLI is not public: the default source is TFDS
+coco_captions; zero-shot top-1 is measured on eval.zeroshot_source (ImageNet by default).
+"""
+
+from contrastive_jax import config_defaults
+
+
+def get_config(arg=None):
+    del arg
+    config = config_defaults.base("siglip")
+    config.batch_size = 32_768
+    config.num_epochs = 32.0
+    config.log_every = 100
+    config.eval_every = 5000
+    config.eval_at_start = False
+    config.checkpoint_every = 2000
+
+    config.data.source = "tfds:coco_captions"
+    config.data.caption_key = "captions/text"
+    config.data.train_split = "train"
+    config.data.eval_split = "val"
+    config.data.image_size = 224
+    config.data.crop_area_min = 0.9
+    config.data.eval_crop_fraction = 0.875
+    config.data.max_text_len = 16
+
+    config.model.name = "vit"
+    config.model.variant = "B/16"
+    config.model.pool = "gap"
+    config.model.embed_dim = 768
+    config.model.text_width = 768
+    config.model.text_depth = 12
+    config.model.text_heads = 12
+    config.model.text_causal = False
+    config.model.text_pool = "last"
+    config.model.dtype = "bfloat16"
+
+    config.loss.init_scale = 10.0
+    config.loss.init_bias = -10.0
+    config.loss.siglip_impl = "ring"
+
+    config.optimizer.learning_rate = 1e-3
+    config.optimizer.weight_decay = 1e-4
+    config.optimizer.b2 = 0.95
+    config.optimizer.warmup_steps = 5000
+    config.optimizer.grad_clip_norm = 1.0
+
+    config.eval.batch_size = 4096
+    config.eval.zeroshot_source = "tfds:imagenet2012"
+    return config
