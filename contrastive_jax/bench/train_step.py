@@ -1,11 +1,13 @@
-"""Throughput of one SimCLR train step on device-resident synthetic batches.
+"""Throughput of one train step of any config's method on device-resident synthetic batches.
 
     python -m contrastive_jax.bench.train_step --config=configs/demo.py [--steps=5] \
         [--cases=8x20,16x28] [--config.key=value ...]
 
-Each case (BASE_WIDTHxIMAGE_SIZE) builds the config's model at that base width and image size,
-compiles the wrapped step, and times `--steps` steps after one warm-up step; prints one JSON line
-per case with seconds per step and examples per second (an example = one image, two views).
+Each case (BASE_WIDTHxIMAGE_SIZE; the base width matters for ResNets only) builds the config's
+model at that size, compiles the wrapped step, and times `--steps` steps after one warm-up step on
+random batches of the method's shapes (`batch_shapes`); prints one JSON line per case with
+seconds per step and examples per second (an example = one image with its two views, or one
+image-text pair).
 MFU is left to the reader's FLOP count: XLA's cost analysis misses cuDNN convolutions on GPUs.
 """
 

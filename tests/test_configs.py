@@ -1,0 +1,81 @@
+"""Every shipped config loads, resolves its steps and passes validation; method-level identities
+that need no training."""
+
+import glob
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from ml_collections.config_flags import config_flags
+
+from contrastive_jax import main, methods, train
+from contrastive_jax.logging import MetricWriter
+from contrastive_jax.methods import simclr, supcon
+
+from test_train import REPO, tiny_config
+
+CONFIG_ARGS = {"simclr_cifar10.py": ["resnet18", "resnet50"], "simclr_imagenet.py": ["100", "1000"],
+               "supcon_cifar10.py": ["resnet18", "resnet50"], "clip_cifar10.py": ["mu", "ti"],
+               "siglip_cifar10.py": ["mu", "ti"]}
+CASES = [(os.path.basename(path), arg)
+         for path in sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
+         for arg in CONFIG_ARGS.get(os.path.basename(path), [None])]
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """What `--config=SPEC` gives main (absl's config-file flag parser)."""
+    return config_flags.ConfigFileFlagParser(name="config").parse(spec)
+
+
+@pytest.mark.parametrize("name,arg", CASES)
+def test_config_loads_and_validates(name, arg):
+    path = os.path.join(REPO, "configs", name)
+    config = load_config(path if arg is None else f"{path}:{arg}")
+    assert isinstance(config, ml_collections.ConfigDict)
+    config = train.resolve_steps(config, 50_000)
+    train.validate(config)
+    assert config.total_steps > 0 and config.method in methods.METHODS
+
+
+def test_config_rejects_an_unknown_arg():
+    with pytest.raises(ValueError, match="resnet18 or resnet50"):
+        load_config(os.path.join(REPO, "configs", "supcon_cifar10.py:vgg"))
+
+
+def test_image_text_configs_have_no_temperature():
+    """The scale is learned; a temperature override would silently mean nothing."""
+    config = load_config(os.path.join(REPO, "configs", "clip_cifar10.py"))
+    assert "temperature" not in config.loss and config.loss.max_scale == 100.0
+
+
+def test_supcon_with_unique_labels_equals_simclr():
+    """With every label different, SupCon's only positive is the other view: the method's loss
+    equals SimCLR's on the same parameters and batch."""
+    config = train.resolve_steps(tiny_config("supcon"), 64)
+    model = supcon.build_model(config, 10, None)
+    variables = supcon.init_variables(model, config, jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+    batch = {"view1": rng.random((6, 16, 16, 3), np.float32),
+             "view2": rng.random((6, 16, 16, 3), np.float32), "label": np.arange(6, dtype=np.int32)}
+    state = train.TrainState(step=0, params=variables["params"],
+                             batch_stats=variables["batch_stats"], opt_state=(), extra={})
+    losses = {name: jax.jit(lambda batch, loss_fn=method.loss_fn: loss_fn(
+        model, config, variables["params"], state, batch, jax.random.PRNGKey(0), None)[0])
+        for name, method in (("supcon", supcon), ("simclr", simclr))}
+    np.testing.assert_allclose(losses["supcon"](batch), losses["simclr"](batch), rtol=1e-6)
+    batch["label"] = np.array([0, 0, 1, 1, 2, 2], np.int32)
+    assert not np.isclose(losses["supcon"](batch), losses["simclr"](batch), rtol=1e-3)
+
+
+def test_summary_table_shows_random_init_and_last_evaluation(tmp_path):
+    writer = MetricWriter(str(tmp_path))
+    writer.write(0, {"zeroshot_top1": 0.1})
+    writer.write(5, {"loss": 1.0})
+    writer.write(10, {"zeroshot_top1": 0.4407})
+    writer.close()
+    lines = main.summary_table(str(tmp_path)).splitlines()
+    assert "zero-shot top-1" in lines[0] and len(lines) == 3
+    assert lines[1].split()[-1] == "0.1000" and lines[2].split()[-1] == "0.4407"
+    assert "step 10" in lines[2]
