@@ -19,31 +19,14 @@ from contrastive_jax import config_defaults
 
 def get_config(arg=None):
     del arg
-    config = config_defaults.base("clip")
-    config.batch_size = 32_768
-    config.num_epochs = 32.0
-    config.log_every = 100
-    config.eval_every = 5000
-    config.eval_at_start = False
-    config.checkpoint_every = 2000
-
-    config.data.source = "tfds:coco_captions"
-    config.data.caption_key = "captions/text"
-    config.data.train_split = "train"
-    config.data.eval_split = "val"
-    config.data.image_size = 224
-    config.data.crop_area_min = 0.9
-    config.data.eval_crop_fraction = 0.875
+    config = config_defaults.image_text_b16("clip")
     config.data.max_text_len = 77
 
-    config.model.name = "vit"
-    config.model.variant = "B/16"
     config.model.pool = "cls"
     config.model.embed_dim = 512
     config.model.text_width = 512
     config.model.text_depth = 12
     config.model.text_heads = 8
-    config.model.dtype = "bfloat16"
 
     config.optimizer.learning_rate = 5e-4
     config.optimizer.weight_decay = 0.2
@@ -52,7 +35,4 @@ def get_config(arg=None):
     config.optimizer.eps = 1e-6
     config.optimizer.warmup_steps = 2000
     config.optimizer.grad_clip_norm = 0.0
-
-    config.eval.batch_size = 4096
-    config.eval.zeroshot_source = "tfds:imagenet2012"
     return config

@@ -18,25 +18,9 @@ from contrastive_jax import config_defaults
 
 def get_config(arg=None):
     del arg
-    config = config_defaults.base("siglip")
-    config.batch_size = 32_768
-    config.num_epochs = 32.0
-    config.log_every = 100
-    config.eval_every = 5000
-    config.eval_at_start = False
-    config.checkpoint_every = 2000
-
-    config.data.source = "tfds:coco_captions"
-    config.data.caption_key = "captions/text"
-    config.data.train_split = "train"
-    config.data.eval_split = "val"
-    config.data.image_size = 224
-    config.data.crop_area_min = 0.9
-    config.data.eval_crop_fraction = 0.875
+    config = config_defaults.image_text_b16("siglip")
     config.data.max_text_len = 16
 
-    config.model.name = "vit"
-    config.model.variant = "B/16"
     config.model.pool = "gap"
     config.model.embed_dim = 768
     config.model.text_width = 768
@@ -44,7 +28,6 @@ def get_config(arg=None):
     config.model.text_heads = 12
     config.model.text_causal = False
     config.model.text_pool = "last"
-    config.model.dtype = "bfloat16"
 
     config.loss.init_scale = 10.0
     config.loss.init_bias = -10.0
@@ -55,7 +38,4 @@ def get_config(arg=None):
     config.optimizer.b2 = 0.95
     config.optimizer.warmup_steps = 5000
     config.optimizer.grad_clip_norm = 1.0
-
-    config.eval.batch_size = 4096
-    config.eval.zeroshot_source = "tfds:imagenet2012"
     return config

@@ -173,3 +173,32 @@ def image_text_cifar10(method: str, size: str | None) -> ml_collections.ConfigDi
     config.optimizer.warmup_epochs = 1.0
     config.eval.batch_size = 500
     return config
+
+
+def image_text_b16(method: str) -> ml_collections.ConfigDict:
+    """What configs/clip_vit_b16.py and siglip_vit_b16.py share: batch 32,768 for 32 epochs of a
+    TFDS image-caption set (coco_captions by default; the papers' WIT and WebLI are not public),
+    ViT-B/16 at 224x224 in bfloat16, zero-shot on ImageNet. Each config adds its paper's towers,
+    loss and optimizer settings."""
+    config = base(method)
+    config.batch_size = 32_768
+    config.num_epochs = 32.0
+    config.log_every = 100
+    config.eval_every = 5000
+    config.eval_at_start = False
+    config.checkpoint_every = 2000
+
+    config.data.source = "tfds:coco_captions"
+    config.data.caption_key = "captions/text"
+    config.data.eval_split = "val"
+    config.data.image_size = 224
+    config.data.crop_area_min = 0.9
+    config.data.eval_crop_fraction = 0.875
+
+    config.model.name = "vit"
+    config.model.variant = "B/16"
+    config.model.dtype = "bfloat16"
+
+    config.eval.batch_size = 4096
+    config.eval.zeroshot_source = "tfds:imagenet2012"
+    return config
