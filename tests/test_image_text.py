@@ -166,3 +166,9 @@ def test_sharded_evaluation_equals_one_device(tfds_dir, tmp_path, kind):  # noqa
     want = evaluate.zero_shot_top1(images, np.arange(3),
                                    evaluate.zero_shot_classifier(prompt_embeddings))
     assert results["zeroshot_top1"] == pytest.approx(want)
+
+
+def test_model_and_tokenizer_agree_on_the_byte_vocabulary():
+    """image_text keeps the byte vocabulary size so models build without TensorFlow."""
+    from contrastive_jax.methods import image_text
+    assert image_text.BYTE_VOCAB_SIZE == tokenizer.ByteTokenizer.vocab_size

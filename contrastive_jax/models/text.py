@@ -4,7 +4,7 @@ Tokens are embedded, learned position embeddings added, and the pre-LN encoder r
 that hides padding keys (token id `PAD_ID`) and, when `causal`, later positions, so padding
 never changes the state of a real token. "last" pooling takes the state at each row's last real
 token (CLIP pools at its end-of-text token, which the tokenizer puts last); "mean" averages the
-real tokens. The projection into the joint space lives in the heads, not here.
+real tokens. The projection into the joint space lives in methods/image_text.py, not here.
 """
 
 from __future__ import annotations
