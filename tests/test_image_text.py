@@ -12,7 +12,7 @@ import pytest
 
 from contrastive_jax import evaluate, image_text_pipeline, methods, parallel, tokenizer, train
 from contrastive_jax.logging import read_metrics
-from contrastive_jax.methods import clip
+from contrastive_jax.methods import clip, image_text
 
 from test_image_text_pipeline import tfds_dir  # noqa: F401  (a fixture: tiny TFDS captions)
 from test_train import assert_trees_equal, final_params, tiny_config
@@ -170,5 +170,4 @@ def test_sharded_evaluation_equals_one_device(tfds_dir, tmp_path, kind):  # noqa
 
 def test_model_and_tokenizer_agree_on_the_byte_vocabulary():
     """image_text keeps the byte vocabulary size so models build without TensorFlow."""
-    from contrastive_jax.methods import image_text
     assert image_text.BYTE_VOCAB_SIZE == tokenizer.ByteTokenizer.vocab_size
