@@ -467,13 +467,10 @@ def train_source(data_config, seed: int, start: int, process_index: int, process
         raise DataError(f"{split.name} has {split.num_examples} examples, too few to give "
                         f"each of {process_count} processes one")
 
-    def read_indexed(index):
-        return split.load(index)
-
     def describe_indexed(first, count, error):
         return _find_corrupt(split, _positions_to_indices(shard, seed, range(first, first + count)))
 
-    return TrainSource(_position_stream(shard, seed, start), read_indexed, describe_indexed)
+    return TrainSource(_position_stream(shard, seed, start), split.load, describe_indexed)
 
 
 def _train_map(data_config, seed: int, read):

@@ -101,24 +101,23 @@ def init_variables(model: ImageTextModel, config: ml_collections.ConfigDict, rng
                                                                         jnp.int32), train=False)
 
 
+def _variables(variables: dict) -> dict:
+    """Drops an empty BatchNorm collection (ViT towers have none)."""
+    return {name: value for name, value in variables.items() if name == "params" or value}
+
+
 def pair_loss(model: ImageTextModel, params, batch_stats, batch: dict[str, Array],
               loss: Callable[[Array, Array, Array, Array | None], tuple[Array, dict]]):
     """Both towers on this device's pairs, then `loss(image, text, scale, bias)` (which gathers
     from the other devices). Returns (loss, ({"batch_stats": ...}, metrics))."""
-    variables = {"params": params, "batch_stats": batch_stats} if batch_stats else {
-        "params": params}
     (images, texts, scale, bias), updates = model.apply(
-        variables, batch["image"], batch["text"], train=True, mutable=["batch_stats"])
+        _variables({"params": params, "batch_stats": batch_stats}), batch["image"],
+        batch["text"], train=True, mutable=["batch_stats"])
     value, metrics = loss(images, texts, scale, bias)
     metrics = {**metrics, "scale": scale}
     if bias is not None:
         metrics["bias"] = bias
     return value, ({"batch_stats": updates.get("batch_stats", batch_stats)}, metrics)
-
-
-def _variables(variables: dict) -> dict:
-    """Drops an empty BatchNorm collection (ViT towers have none)."""
-    return {name: value for name, value in variables.items() if name == "params" or value}
 
 
 def embed_images(model: ImageTextModel) -> Callable[[dict, Array], Array]:
