@@ -37,6 +37,8 @@ def base(method: str = "simclr") -> ml_collections.ConfigDict:
     config.data.solarize_prob = 0.0
     config.data.synthetic_num_examples = 10_000  # source "synthetic": random images (eval: 1/5)
     config.data.eval_crop_fraction = 1.0  # ImageNet: 0.875 (resize 256, centre crop 224)
+    config.data.augment_on = "host"  # or "device": views drawn on the accelerators
+    config.data.device_resident_max_mb = 4096  # "device": keep a split this small on the devices
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "resnet18"

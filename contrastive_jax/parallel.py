@@ -22,7 +22,9 @@ on one process or many, so callers never branch on the wrapper.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, Sequence
+import collections
+import itertools
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 import jax
 import numpy as np
@@ -106,6 +108,27 @@ def host_batch_to_devices(batch: PyTree, kind: Kind, mesh: Mesh) -> PyTree:
                               sharding)
 
     return jax.tree.map(split, batch)
+
+
+def prefetch_to_devices(batches: Iterable[PyTree], kind: Kind, mesh: Mesh, size: int = 2
+                        ) -> Iterator[PyTree]:
+    """`host_batch_to_devices` of each host batch, `size` batches ahead of the consumer.
+
+    Transfers are asynchronous, so while the step runs on batch k, batches k + 1 .. k + size are
+    already on their way to the devices (the flax examples' `prefetch_to_device`, for both
+    wrappers).
+    """
+    iterator = iter(batches)
+    queue: collections.deque = collections.deque()
+
+    def enqueue(count: int) -> None:
+        for batch in itertools.islice(iterator, count):
+            queue.append(host_batch_to_devices(batch, kind, mesh))
+
+    enqueue(size)
+    while queue:
+        yield queue.popleft()
+        enqueue(1)
 
 
 def replicate(tree: PyTree, kind: Kind, mesh: Mesh) -> PyTree:

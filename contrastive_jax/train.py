@@ -12,7 +12,7 @@ import json
 import os
 import signal
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import flax
 import jax
@@ -33,6 +33,7 @@ from contrastive_jax.logging import MetricWriter
 # Config entries that decide the shapes and meaning of a checkpoint; a workdir whose
 # config.json differs in any of them is refused rather than silently restored.
 CHECKPOINT_DEFINING_KEYS = ("method", "model", "optimizer.name", "data.image_size")
+AUGMENT_ON = ("host", "device")  # Where training views are drawn: tf.data, or the accelerators.
 
 
 class ConfigMismatchError(ValueError):
@@ -76,6 +77,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.total_steps must be > 0, got {config.total_steps}")
     parallel.per_device_batch_size(config.batch_size)
     method = methods.get(config.method)
+    if config.data.augment_on not in AUGMENT_ON:
+        raise ValueError(f"config.data.augment_on must be one of {AUGMENT_ON}, got "
+                         f"{config.data.augment_on!r}")
+    if config.data.augment_on == "device" and getattr(method, "IMAGE_TEXT", False):
+        raise ValueError(f"config.data.augment_on='device' makes two-view image batches; "
+                         f"method {config.method!r} reads image-text pairs: use 'host'")
     if hasattr(method, "validate"):
         method.validate(config)
 
@@ -321,9 +328,25 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------------
 
+    def _train_batches(self, start_step: int) -> Iterator:
+        """Training batches on the devices from `start_step` on: augmented by tf.data on the
+        host and sent two steps ahead, or made on the devices (`data.augment_on`)."""
+        config = self.config
+        kwargs = dict(global_batch_size=config.batch_size, seed=config.seed,
+                      start_step=start_step)
+        if config.data.augment_on == "device":
+            from contrastive_jax import device_input
+            return device_input.train_batches(config.data, kind=self.kind, mesh=self.mesh,
+                                              **kwargs)
+        if self.is_image_text:
+            from contrastive_jax import image_text_pipeline as pipeline
+        else:
+            from contrastive_jax import input_pipeline as pipeline
+        return parallel.prefetch_to_devices(pipeline.train_iterator(config.data, **kwargs),
+                                            self.kind, self.mesh)
+
     def run(self) -> dict[str, float]:
         """Trains from the newest checkpoint to `total_steps`; returns the last metrics."""
-        from contrastive_jax import input_pipeline
         config = self.config
         state = self.initial_state()
         start = int(parallel.unreplicate(state.step, self.kind))
@@ -331,12 +354,7 @@ class Trainer:
         evaluating = config.eval_every >= 0
         if start == 0 and evaluating and config.eval_at_start:
             writer.write(0, self.evaluate(state))
-        if self.is_image_text:
-            from contrastive_jax import image_text_pipeline as pipeline
-        else:
-            pipeline = input_pipeline
-        batches = pipeline.train_iterator(config.data, global_batch_size=config.batch_size,
-                                          seed=config.seed, start_step=start)
+        batches = self._train_batches(start)
         rng = parallel.replicate(jax.random.PRNGKey(config.seed + 1), self.kind, self.mesh)
         preemption = _Preemption()
         last: dict[str, float] = {}
@@ -344,7 +362,7 @@ class Trainer:
         timed_steps = 0
         try:
             for step in range(start + 1, config.total_steps + 1):
-                batch = parallel.host_batch_to_devices(next(batches), self.kind, self.mesh)
+                batch = next(batches)
                 state, metrics = self.train_step(state, batch, rng)
                 timed_steps += 1
                 is_last = step == config.total_steps
