@@ -5,27 +5,32 @@
 
 Each case (BASE_WIDTHxIMAGE_SIZE; the base width matters for ResNets only) builds the config's
 model at that size, compiles the wrapped step, and times `--steps` steps after one warm-up step on
-random batches of the method's shapes (`batch_shapes`); prints one JSON line per case with
-seconds per step and examples per second (an example = one image with its two views, or one
-image-text pair).
+random batches of the method's shapes (`batch_shapes`), or, with `--config.data.augment_on=device`,
+on views drawn on the devices every step from a resident split (the step plus its augmentation).
+Prints one JSON line per case with seconds per step and examples per second (an example = one
+image with its two views, or one image-text pair).
 MFU is left to the reader's FLOP count: XLA's cost analysis misses cuDNN convolutions on GPUs.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
+from typing import Iterator
 
 import jax
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from contrastive_jax import methods, optim, parallel, train
+from contrastive_jax import device_input, methods, optim, parallel, train
 
 config_flags.DEFINE_config_file("config", "configs/demo.py", "Config whose model is timed.")
 flags.DEFINE_integer("steps", 5, "Timed steps per case.")
 flags.DEFINE_list("cases", [], "BASE_WIDTHxIMAGE_SIZE cases; empty: the config's own.")
+flags.DEFINE_integer("resident_examples", 50_000,
+                     "Images kept on the devices when --config.data.augment_on=device.")
 FLAGS = flags.FLAGS
 
 
@@ -35,6 +40,25 @@ def random_batch(shapes: dict[str, jax.ShapeDtypeStruct], seed: int = 0) -> dict
     return {name: (rng.random(s.shape).astype(s.dtype) if np.issubdtype(s.dtype, np.floating)
                    else rng.integers(1, 200, s.shape).astype(s.dtype))
             for name, s in shapes.items()}
+
+
+def device_batches(config, kind, mesh) -> Iterator:
+    """Batches on the devices: one random batch of the method's shapes reused every step, or,
+    with `data.augment_on = "device"`, views drawn on the devices every step from a resident
+    split of `FLAGS.resident_examples` random uint8 images (the step plus its augmentation)."""
+    method = methods.get(config.method)
+    if config.data.augment_on != "device":
+        batch = parallel.host_batch_to_devices(
+            random_batch(method.batch_shapes(config, config.batch_size // jax.process_count())),
+            kind, mesh)
+        return itertools.repeat(batch)
+    size = config.data.image_size
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (FLAGS.resident_examples, size, size, 3), np.uint8)
+    labels = rng.integers(0, 10, FLAGS.resident_examples).astype(np.int32)
+    split = device_input.ResidentSplit(images, labels, kind, mesh)
+    return device_input.resident_batches(config.data, split, global_batch_size=config.batch_size,
+                                         seed=0, start_step=0, kind=kind, mesh=mesh)
 
 
 def time_step(config, steps: int) -> dict:
@@ -49,15 +73,13 @@ def time_step(config, steps: int) -> dict:
                               mesh)
     state = parallel.replicate(jax.device_get(jax.jit(lambda: train.create_train_state(
         method, model, config, tx, jax.random.PRNGKey(0)))()), kind, mesh)
-    batch = parallel.host_batch_to_devices(
-        random_batch(method.batch_shapes(config, config.batch_size // jax.process_count())),
-        kind, mesh)
+    batches = device_batches(config, kind, mesh)
     key = parallel.replicate(jax.random.PRNGKey(1), kind, mesh)
-    state, metrics = step(state, batch, key)
+    state, metrics = step(state, next(batches), key)
     jax.block_until_ready(metrics)
     start = time.perf_counter()
     for _ in range(steps):
-        state, metrics = step(state, batch, key)
+        state, metrics = step(state, next(batches), key)
     jax.block_until_ready(metrics)
     seconds = (time.perf_counter() - start) / steps
     return {"seconds_per_step": round(seconds, 4),
@@ -74,7 +96,8 @@ def main(argv) -> None:
         case.model.base_width, case.data.image_size = base_width, image_size
         row = {"model": case.model.name, "base_width": base_width, "image_size": image_size,
                "batch_size": case.batch_size, "dtype": case.model.dtype,
-               "parallel": case.parallel, "devices": jax.device_count(),
+               "parallel": case.parallel, "augment_on": case.data.augment_on,
+               "devices": jax.device_count(),
                "platform": jax.devices()[0].platform}
         row.update(time_step(case, FLAGS.steps))
         print(json.dumps(row), flush=True)
