@@ -127,8 +127,9 @@ def prefetch_to_devices(batches: Iterable[PyTree], kind: Kind, mesh: Mesh, size:
 
     enqueue(size)
     while queue:
-        yield queue.popleft()
+        batch = queue.popleft()
         enqueue(1)
+        yield batch
 
 
 def replicate(tree: PyTree, kind: Kind, mesh: Mesh) -> PyTree:

@@ -133,3 +133,23 @@ def test_bad_augment_on_is_refused(tmp_path, method, value, message):
     config = tiny_config(method, **{"data.augment_on": value})
     with pytest.raises(ValueError, match=message):
         train.validate(train.resolve_steps(config, 64))
+
+
+@pytest.mark.parametrize("kind", ["pmap", "shard_map"])
+def test_prefetch_keeps_order_and_stays_two_batches_ahead(kind):
+    mesh = parallel.make_mesh()
+    pulled = []
+
+    def host_batches():
+        for k in range(6):
+            pulled.append(k)
+            yield {"x": np.full((16, 2), k, np.float32)}
+
+    stream = parallel.prefetch_to_devices(host_batches(), kind, mesh, size=2)
+    for k in range(6):
+        batch = next(stream)
+        assert len(pulled) == min(k + 3, 6)  # This batch and the two after it.
+        np.testing.assert_array_equal(np.asarray(batch["x"]).reshape(16, 2), k)
+        assert batch["x"].sharding == parallel.host_batch_to_devices(
+            {"x": np.zeros((16, 2), np.float32)}, kind, mesh)["x"].sharding
+    assert next(stream, None) is None
