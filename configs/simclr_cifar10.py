@@ -43,4 +43,8 @@ def get_config(arg=None):
     config.optimizer.warmup_epochs = 10.0
 
     config.loss.temperature = 0.5
+
+    # The reference's CIFAR-10 linear evaluation: batch 512, 100 epochs, lr 0.1 x B / 256.
+    config.eval.linear_eval_batch_size = 512
+    config.eval.linear_eval_epochs = 100.0
     return config

@@ -35,6 +35,7 @@ def base(method: str = "simclr") -> ml_collections.ConfigDict:
     config.data.blur = False
     config.data.crop_area_min = 0.08
     config.data.solarize_prob = 0.0
+    config.data.grayscale_prob = 0.2
     config.data.synthetic_num_examples = 10_000  # source "synthetic": random images (eval: 1/5)
     config.data.eval_crop_fraction = 1.0  # ImageNet: 0.875 (resize 256, centre crop 224)
     config.data.augment_on = "host"  # or "device": views drawn on the accelerators
@@ -77,6 +78,14 @@ def base(method: str = "simclr") -> ml_collections.ConfigDict:
     config.eval.linear_batch_size = 1024
     config.eval.linear_learning_rate = 0.01
     config.eval.linear_weight_decay = 1e-4
+    # SimCLR's linear evaluation protocol (contrastive_jax/linear_eval.py), ImageNet settings;
+    # the reference's CIFAR-10 command uses batch 512 for 100 epochs.
+    config.eval.linear_eval = False  # End the training run with it.
+    config.eval.linear_eval_epochs = 90.0
+    config.eval.linear_eval_batch_size = 4096
+    config.eval.linear_eval_learning_rate = 0.1  # Base: peak = base * B / 256, cosine, no warmup.
+    config.eval.linear_eval_momentum = 0.9  # Nesterov.
+    config.eval.linear_eval_crop_area_min = 0.08
     if method == "moco":
         _add_moco_fields(config)
     if method in ("clip", "siglip"):

@@ -111,8 +111,8 @@ def linear_probe_top1(train_features: np.ndarray, train_labels: np.ndarray,
                       steps: int = 1000, batch_size: int = 1024, learning_rate: float = 0.01,
                       weight_decay: float = 1e-4, seed: int = 0) -> float:
     """Accuracy of a linear classifier trained (AdamW, cosine decay, cross-entropy) on frozen
-    features standardised with the training set's mean and std, as a BatchNorm without affine
-    parameters would (SimCLR's linear evaluation)."""
+    features computed once and standardised with the training set's mean and std: a fast probe
+    for tracking a run, not the papers' protocol (that is `linear_eval`, `linear_eval_top1`)."""
     mean = train_features.mean(0)
     std = train_features.std(0) + 1e-6
     x_train = jnp.asarray((train_features - mean) / std)

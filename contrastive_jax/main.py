@@ -46,6 +46,7 @@ def initialize_distributed() -> None:
 
 
 EVAL_COLUMNS = {"knn_top1": "kNN top-1", "linear_top1": "linear top-1",
+                "linear_eval_top1": "linear eval top-1",
                 "zeroshot_top1": "zero-shot top-1", "i2t_recall@1": "i2t R@1",
                 "t2i_recall@1": "t2i R@1", "i2t_recall@5": "i2t R@5", "t2i_recall@5": "t2i R@5"}
 
@@ -53,7 +54,11 @@ EVAL_COLUMNS = {"knn_top1": "kNN top-1", "linear_top1": "linear top-1",
 def summary_table(workdir: str) -> str:
     """The evaluation metrics of the randomly initialised model (step 0) and of the last eval."""
     from contrastive_jax.logging import read_metrics
-    evals = [row for row in read_metrics(workdir) if any(key in row for key in EVAL_COLUMNS)]
+    by_step: dict[int, dict] = {}  # Evaluations logged at one step (kNN, linear eval) merged.
+    for row in read_metrics(workdir):
+        if any(key in row for key in EVAL_COLUMNS):
+            by_step.setdefault(row["step"], {}).update(row)
+    evals = [by_step[step] for step in sorted(by_step)]
     if not evals:
         return "no evaluation results"
     columns = [key for key in EVAL_COLUMNS if key in evals[-1]]

@@ -185,6 +185,9 @@ class Trainer:
         self.info = input_pipeline.dataset_info(config.data)
         self.config = config = resolve_steps(config, self.info.num_train_examples)
         validate(config)
+        if config.eval.linear_eval:
+            from contrastive_jax import linear_eval
+            linear_eval.validate(config, self.info.num_classes)
         self.workdir = workdir
         self.kind = config.parallel
         self.mesh = parallel.make_mesh()
@@ -388,6 +391,12 @@ class Trainer:
                     absl_logging.warning("SIGTERM: saved a checkpoint at step %d, exiting", step)
                     last["preempted_at"] = step
                     break
+            finished_here = start < config.total_steps and "preempted_at" not in last
+            if config.eval.linear_eval and finished_here:
+                from contrastive_jax import linear_eval
+                results = linear_eval.trainer_linear_eval(self, state)
+                writer.write(config.total_steps, results)
+                last.update(results)
         finally:
             self.checkpoints.wait_until_finished()
             preemption.restore()

@@ -79,3 +79,15 @@ def test_summary_table_shows_random_init_and_last_evaluation(tmp_path):
     assert "zero-shot top-1" in lines[0] and len(lines) == 3
     assert lines[1].split()[-1] == "0.1000" and lines[2].split()[-1] == "0.4407"
     assert "step 10" in lines[2]
+
+
+def test_summary_table_merges_evaluations_of_one_step(tmp_path):
+    writer = MetricWriter(str(tmp_path))
+    writer.write(0, {"knn_top1": 0.2, "linear_top1": 0.3})
+    writer.write(10, {"knn_top1": 0.5, "linear_top1": 0.6})
+    writer.write(10, {"linear_eval_top1": 0.7})
+    writer.close()
+    lines = main.summary_table(str(tmp_path)).splitlines()
+    assert "linear eval top-1" in lines[0] and len(lines) == 3
+    assert lines[1].split()[-3:] == ["0.2000", "0.3000", "nan"]
+    assert lines[2].split()[-3:] == ["0.5000", "0.6000", "0.7000"]
