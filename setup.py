@@ -27,6 +27,7 @@ setup(
     ],
     extras_require={
         "demo": ["mlxtend>=0.23"],
+        "repro": ["matplotlib>=3.7"],
         "test": ["pytest>=7.0", "pytest-xdist>=3.0", "mlxtend>=0.23"],
     },
 )

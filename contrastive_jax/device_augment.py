@@ -54,6 +54,7 @@ def view_specs(data_config) -> tuple[ViewSpec, ViewSpec]:
         color_strength=float(data_config.get("color_strength", 1.0)),
         blur=bool(data_config.get("blur", False)),
         crop_area_range=(float(data_config.get("crop_area_min", 0.08)), 1.0),
+        grayscale_prob=float(data_config.get("grayscale_prob", 0.2)),
         blur_prob=per_view(data_config.get("blur_prob", 0.5), view),
         solarize_prob=per_view(data_config.get("solarize_prob", 0.0), view),
     ) for view in range(2))

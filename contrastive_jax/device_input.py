@@ -9,8 +9,8 @@ index). The order of examples is a permutation of the whole split per epoch, fix
 (seed, epoch), so a batch depends on the step alone: not on the device or process count, and a
 resumed run sees exactly the batches an uninterrupted one would.
 
-A split that does not fit stays on the hosts: tf.data decodes, crops and flips (the geometric
-half of each view), and the devices apply the colour ops, keyed by the same (seed, epoch, index).
+A split that does not fit is refused with the way out (`augment_on = "host"`); the colour-only
+device ops for host crops (`device_augment.colour_two_views`) are there for that case next.
 """
 
 from __future__ import annotations
@@ -198,19 +198,6 @@ def resident_views_fn(seed: int, specs, axis_name: str = parallel.AXIS):
     return fn
 
 
-def colour_views_fn(seed: int, specs):
-    """Per device: host crops {"view1", "view2" (uint8), "label", "epoch", "index"} -> the batch
-    with the colour ops applied, {"view1", "view2", "label"}."""
-
-    def fn(crops):
-        keys = device_augment.example_keys(seed, crops["epoch"], crops["index"])
-        view1, view2 = device_augment.colour_two_views(crops["view1"], crops["view2"], keys,
-                                                       specs)
-        return {"view1": view1, "view2": view2, "label": crops["label"]}
-
-    return fn
-
-
 # ------------------------------------------------------------------------------------------------
 # Iterators.
 
@@ -231,21 +218,23 @@ def resident_batches(data_config: ml_collections.ConfigDict, split: ResidentSpli
         step += 1
 
 
+def check_fits(data_config: ml_collections.ConfigDict) -> None:
+    """ValueError naming the way out when the training split cannot be kept on the devices."""
+    if not fits_on_devices(data_config):
+        raise ValueError(
+            f"data.augment_on='device' keeps the training split on the devices, and that of "
+            f"{data_config.source!r} is larger than data.device_resident_max_mb="
+            f"{data_config.get('device_resident_max_mb', 4096)} or has images of no fixed size; "
+            "raise the limit or use data.augment_on='host'")
+
+
 def train_batches(data_config: ml_collections.ConfigDict, *, global_batch_size: int, seed: int,
                   start_step: int, kind: parallel.Kind, mesh) -> Iterator[PyTree]:
-    """The training batches of `augment_on = "device"`, already on the devices: from the split
-    kept in device memory when it fits, else colour ops on host crops."""
-    if fits_on_devices(data_config):
-        images, labels = load_split(data_config, data_config.get("train_split", "train"))
-        absl_logging.info("Keeping %d training images (%.0f MB) on the devices", len(labels),
-                          images.nbytes / 2**20)
-        split = ResidentSplit(images, labels, kind, mesh)
-        return resident_batches(data_config, split, global_batch_size=global_batch_size,
-                                seed=seed, start_step=start_step, kind=kind, mesh=mesh)
-    from contrastive_jax import input_pipeline
-
-    crops = input_pipeline.train_iterator(data_config, global_batch_size=global_batch_size,
-                                          seed=seed, start_step=start_step, colour=False)
-    colour = parallel.wrap(colour_views_fn(seed, device_augment.view_specs(data_config)), kind,
-                           mesh, in_specs=(P(parallel.AXIS),), out_specs=P(parallel.AXIS))
-    return map(colour, parallel.prefetch_to_devices(crops, kind, mesh))
+    """The training batches of `augment_on = "device"`, made on the devices from the split kept
+    in device memory (see `check_fits`)."""
+    images, labels = load_split(data_config, data_config.get("train_split", "train"))
+    absl_logging.info("Keeping %d training images (%.0f MB) on the devices", len(labels),
+                      images.nbytes / 2**20)
+    split = ResidentSplit(images, labels, kind, mesh)
+    return resident_batches(data_config, split, global_batch_size=global_batch_size, seed=seed,
+                            start_step=start_step, kind=kind, mesh=mesh)

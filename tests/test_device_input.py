@@ -153,3 +153,15 @@ def test_prefetch_keeps_order_and_stays_two_batches_ahead(kind):
         assert batch["x"].sharding == parallel.host_batch_to_devices(
             {"x": np.zeros((16, 2), np.float32)}, kind, mesh)["x"].sharding
     assert next(stream, None) is None
+
+
+def test_a_split_too_large_for_the_devices_is_refused_before_training(tmp_path):
+    config = _device_config(**{"data.device_resident_max_mb": 0})
+    with pytest.raises(ValueError, match="larger than data.device_resident_max_mb=0"):
+        train.Trainer(config, str(tmp_path / "run"))
+
+
+def test_grayscale_prob_on_the_host_path_is_refused():
+    config = tiny_config(**{"data.grayscale_prob": 0.0})
+    with pytest.raises(ValueError, match="grayscale_prob is read by augment_on='device' only"):
+        train.validate(train.resolve_steps(config, 64))
