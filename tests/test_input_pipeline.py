@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from contrastive_jax import augment
 from contrastive_jax import input_pipeline as ip
 
 SIZE = 16
@@ -95,6 +96,53 @@ def test_resume_yields_the_uninterrupted_batches(tree):
     for a, b in zip(fresh[2:], resumed):
         for key in ("view1", "view2", "label"):
             np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_train_views_equal_per_example_two_views(tmp_path, monkeypatch):
+    # Noise images of assorted sizes, so that crops, flips and colour changes all show. Chunks of
+    # 4 examples in stage 1, so that the batch of 6 spans two of them.
+    monkeypatch.setattr(ip, "_CROP_CHUNK", 4)
+    rng = np.random.default_rng(0)
+    for k in range(6):
+        path = tmp_path / "train" / f"c{k % 2}" / f"{k}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image = rng.integers(0, 256, size=(SIZE + 3 * k, SIZE + 5 - k, 3), dtype=np.uint8)
+        tf.io.write_file(str(path), tf.io.encode_png(image))
+    cfg = _config(f"folder:{tmp_path}", blur=True, solarize_prob=0.3, color_strength=1.0,
+                  grayscale_prob=0.5)
+    batch = next(ip.train_iterator(cfg, global_batch_size=6, seed=4, start_step=1,
+                                   process_index=0, process_count=1))
+    # The same examples' (epoch, index), from stage 1 of the same stream.
+    source = ip.train_source(cfg, 4, 6, 0, 1)
+    records = next(ip.crop_stage(cfg, 4, source, chunk=6).as_numpy_iterator())
+    assert records["color_draws"].factors.shape == (6, 2, 4)
+    split = ip.indexed_split(cfg, "train")
+    for i, (epoch, index) in enumerate(zip(records["epoch"], records["index"])):
+        image, label = split.load(index)
+        views = augment.two_views(image, augment.example_seed(4, epoch, index),
+                                  **ip._view_kwargs(cfg))
+        assert batch["label"][i] == label.numpy() == records["label"][i]
+        for key, view in zip(("view1", "view2"), views):
+            np.testing.assert_allclose(batch[key][i], view.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("grayscale_prob", [0.0, 1.0])
+def test_grayscale_prob_reaches_the_host_views(tmp_path, grayscale_prob):
+    rng = np.random.default_rng(1)
+    for k in range(4):
+        path = tmp_path / "train" / f"c{k}" / "0.png"
+        path.parent.mkdir(parents=True)
+        image = rng.integers(0, 256, size=(SIZE, SIZE, 3), dtype=np.uint8)
+        tf.io.write_file(str(path), tf.io.encode_png(image))
+    cfg = _config(f"folder:{tmp_path}", color_strength=0.0, grayscale_prob=grayscale_prob)
+    batch = next(ip.train_iterator(cfg, global_batch_size=4, seed=0, process_index=0,
+                                   process_count=1))
+    for key in ("view1", "view2"):
+        channel_spread = np.ptp(batch[key], axis=-1).max(axis=(1, 2))  # Per image.
+        if grayscale_prob:
+            np.testing.assert_allclose(channel_spread, 0.0, atol=1e-6)
+        else:
+            assert (channel_spread > 0.1).all()
 
 
 def test_seed_changes_order_and_views(tree):
