@@ -9,8 +9,10 @@ index). The order of examples is a permutation of the whole split per epoch, fix
 (seed, epoch), so a batch depends on the step alone: not on the device or process count, and a
 resumed run sees exactly the batches an uninterrupted one would.
 
-A split that does not fit is refused with the way out (`augment_on = "host"`); the colour-only
-device ops for host crops (`device_augment.colour_two_views`) are there for that case next.
+A split that does not fit (ImageNet, or images of many sizes) is decoded, cropped, resized and
+flipped on the hosts (`input_pipeline.crop_iterator`: the examples and order of the host path),
+sent as uint8, and the devices apply the colour changes (`device_augment.colour_two_views`) with
+keys of (seed, epoch, index): the host's costliest ops move to the accelerators.
 """
 
 from __future__ import annotations
@@ -218,20 +220,43 @@ def resident_batches(data_config: ml_collections.ConfigDict, split: ResidentSpli
         step += 1
 
 
-def check_fits(data_config: ml_collections.ConfigDict) -> None:
-    """ValueError naming the way out when the training split cannot be kept on the devices."""
-    if not fits_on_devices(data_config):
-        raise ValueError(
-            f"data.augment_on='device' keeps the training split on the devices, and that of "
-            f"{data_config.source!r} is larger than data.device_resident_max_mb="
-            f"{data_config.get('device_resident_max_mb', 4096)} or has images of no fixed size; "
-            "raise the limit or use data.augment_on='host'")
+def host_crop_views_fn(seed: int, specs):
+    """Per device: a batch of host crops {"view1", "view2", "label", "epoch", "index"} ->
+    {"view1", "view2", "label"} with the colour changes applied."""
+
+    def fn(batch):
+        keys = device_augment.example_keys(seed, batch["epoch"], batch["index"])
+        view1, view2 = device_augment.colour_two_views(batch["view1"], batch["view2"], keys,
+                                                       specs)
+        return {"view1": view1, "view2": view2, "label": batch["label"]}
+
+    return fn
+
+
+def host_crop_batches(data_config: ml_collections.ConfigDict, *, global_batch_size: int,
+                      seed: int, start_step: int, kind: parallel.Kind, mesh) -> Iterator[PyTree]:
+    """Device batches in the step's layout from host crops, two steps ahead, coloured on the
+    devices."""
+    from contrastive_jax import input_pipeline
+
+    crops = input_pipeline.crop_iterator(data_config, global_batch_size=global_batch_size,
+                                         seed=seed, start_step=start_step)
+    colour = parallel.wrap(host_crop_views_fn(seed, device_augment.view_specs(data_config)),
+                           kind, mesh, in_specs=(P(parallel.AXIS),), out_specs=P(parallel.AXIS))
+    for batch in parallel.prefetch_to_devices(crops, kind, mesh):
+        yield colour(batch)
 
 
 def train_batches(data_config: ml_collections.ConfigDict, *, global_batch_size: int, seed: int,
                   start_step: int, kind: parallel.Kind, mesh) -> Iterator[PyTree]:
-    """The training batches of `augment_on = "device"`, made on the devices from the split kept
-    in device memory (see `check_fits`)."""
+    """The training batches of `augment_on = "device"`: from the split kept in device memory
+    when it fits (`fits_on_devices`), else from host crops coloured on the devices."""
+    if not fits_on_devices(data_config):
+        absl_logging.info("The training split is not kept on the devices (larger than "
+                          "data.device_resident_max_mb, or images of many sizes): the hosts "
+                          "crop, the devices apply the colour changes")
+        return host_crop_batches(data_config, global_batch_size=global_batch_size, seed=seed,
+                                 start_step=start_step, kind=kind, mesh=mesh)
     images, labels = load_split(data_config, data_config.get("train_split", "train"))
     absl_logging.info("Keeping %d training images (%.0f MB) on the devices", len(labels),
                       images.nbytes / 2**20)

@@ -80,9 +80,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.data.augment_on not in AUGMENT_ON:
         raise ValueError(f"config.data.augment_on must be one of {AUGMENT_ON}, got "
                          f"{config.data.augment_on!r}")
-    if config.data.augment_on == "host" and config.data.grayscale_prob != 0.2:
-        raise ValueError("config.data.grayscale_prob is read by augment_on='device' only; the "
-                         "host path draws grayscale with p = 0.2")
     if config.data.augment_on == "device" and getattr(method, "IMAGE_TEXT", False):
         raise ValueError(f"config.data.augment_on='device' makes two-view image batches; "
                          f"method {config.method!r} reads image-text pairs: use 'host'")
@@ -191,9 +188,6 @@ class Trainer:
         if config.eval.linear_eval:
             from contrastive_jax import linear_eval
             linear_eval.validate(config, self.info.num_classes)
-        if config.data.augment_on == "device":
-            from contrastive_jax import device_input
-            device_input.check_fits(config.data)
         self.workdir = workdir
         self.kind = config.parallel
         self.mesh = parallel.make_mesh()

@@ -155,13 +155,38 @@ def test_prefetch_keeps_order_and_stays_two_batches_ahead(kind):
     assert next(stream, None) is None
 
 
-def test_a_split_too_large_for_the_devices_is_refused_before_training(tmp_path):
-    config = _device_config(**{"data.device_resident_max_mb": 0})
-    with pytest.raises(ValueError, match="larger than data.device_resident_max_mb=0"):
-        train.Trainer(config, str(tmp_path / "run"))
+def _host_crop_batches(kind, data_config, start_step, count, batch_size=32):
+    stream = device_input.train_batches(data_config, global_batch_size=batch_size, seed=3,
+                                        start_step=start_step, kind=kind,
+                                        mesh=parallel.make_mesh())
+    flat = lambda x: np.asarray(x).reshape(batch_size, *x.shape[2 if kind == "pmap" else 1:])
+    return [jax.tree.map(flat, next(stream)) for _ in range(count)]
 
 
-def test_grayscale_prob_on_the_host_path_is_refused():
-    config = tiny_config(**{"data.grayscale_prob": 0.0})
-    with pytest.raises(ValueError, match="grayscale_prob is read by augment_on='device' only"):
-        train.validate(train.resolve_steps(config, 64))
+def test_a_split_too_large_for_the_devices_is_cropped_on_the_host_coloured_on_the_devices():
+    """With the colour changes off, colouring on the devices is the identity: the batches are
+    the host path's views (rounded to uint8), in its order, under both wrappers. With grayscale
+    always on, every view comes out gray."""
+    plain = _data_config(device_resident_max_mb=0, color_strength=0.0, grayscale_prob=0.0)
+    assert not device_input.fits_on_devices(plain)
+    host = input_pipeline.train_iterator(plain, global_batch_size=32, seed=3, start_step=1,
+                                         process_index=0, process_count=1)
+    expected = [next(host) for _ in range(2)]
+    for kind in ("pmap", "shard_map"):
+        for got, want in zip(_host_crop_batches(kind, plain, 1, 2), expected):
+            np.testing.assert_array_equal(got["label"], want["label"])
+            for view in ("view1", "view2"):
+                np.testing.assert_allclose(got[view], want[view], atol=0.5 / 255 + 1e-6,
+                                           err_msg=kind)
+    gray = _host_crop_batches("shard_map", _data_config(device_resident_max_mb=0,
+                                                        grayscale_prob=1.0), 1, 1)[0]
+    for view in ("view1", "view2"):
+        assert np.ptp(gray[view], axis=-1).max() < 1e-6
+        assert np.abs(gray[view] - expected[0][view]).max() > 0.1
+
+
+def test_host_crops_coloured_on_the_devices_resume_at_any_step():
+    data_config = _data_config(device_resident_max_mb=0, solarize_prob=0.5)
+    uninterrupted = _host_crop_batches("shard_map", data_config, 0, 4)
+    resumed = _host_crop_batches("shard_map", data_config, 3, 1)
+    jax.tree.map(np.testing.assert_array_equal, uninterrupted[3], resumed[0])
