@@ -3,10 +3,12 @@
     python -m contrastive_jax.main --config=configs/supcon_cifar10.py:resnet50 \
         --workdir=/tmp/supcon_cifar10 --config.data.source=folder:/path/to/cifar10
 
-ARG picks the encoder (resnet18 | resnet50, CIFAR stem). Batch 1024, SGD with momentum 0.9 at lr
-0.5, weight decay 1e-4, 10 warmup epochs then cosine decay over 1000 epochs, temperature 0.1,
-a 2-layer head 2048 (ResNet-50) / 512 (ResNet-18) - 128, SimCLR's CIFAR augmentation (colour
-strength 0.5, no blur), global BN. Every other view of the same class is a positive.
+ARG picks the encoder (resnet18 | resnet50, CIFAR stem). As SupContrast (Khosla et al.'s code):
+batch 1024, SGD with momentum 0.9 at lr 0.5, weight decay 1e-4, 10 warmup epochs then cosine
+decay over 1000 epochs, temperature 0.1 with the loss scaled by T / 0.07, a 2-layer head
+2048 (ResNet-50) / 512 (ResNet-18) - 128 without BatchNorm, crops of 20% to 100% of the image,
+colour jitter 0.4/0.4/0.4/0.1 (SimCLR strength 0.5), no blur, global BN in the encoder. Every
+other view of the same class is a positive.
 """
 
 from contrastive_jax import config_defaults
@@ -27,11 +29,13 @@ def get_config(arg=None):
     config.data.image_size = 32
     config.data.color_strength = 0.5
     config.data.blur = False
+    config.data.crop_area_min = 0.2
 
     config.model.name = encoder
     config.model.stem = "cifar"
     config.model.head_layers = 2
     config.model.head_out_dim = 128
+    config.model.head_bn = False
 
     config.optimizer.name = "sgd"
     config.optimizer.learning_rate = 0.5
@@ -40,4 +44,5 @@ def get_config(arg=None):
     config.optimizer.warmup_epochs = 10.0
 
     config.loss.temperature = 0.1
+    config.loss.base_temperature = 0.07
     return config

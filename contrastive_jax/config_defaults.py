@@ -86,6 +86,13 @@ def base(method: str = "simclr") -> ml_collections.ConfigDict:
     config.eval.linear_eval_learning_rate = 0.1  # Base: peak = base * B / 256, cosine, no warmup.
     config.eval.linear_eval_momentum = 0.9  # Nesterov.
     config.eval.linear_eval_crop_area_min = 0.08
+    if method == "simclr":
+        # Multiplies NT-Xent (the mean over 2N anchors): 2.0 is the reference's loss, the sum
+        # of its two directions' means.
+        config.loss.multiplier = 1.0
+    if method == "supcon":
+        # SupContrast scales its loss by temperature / base_temperature.
+        config.loss.base_temperature = 0.07
     if method == "moco":
         _add_moco_fields(config)
     if method in ("clip", "siglip"):

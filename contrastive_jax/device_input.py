@@ -100,28 +100,12 @@ def fits_on_devices(data_config: ml_collections.ConfigDict) -> bool:
 
 class ResidentSplit:
     """A split's images and labels sharded over the mesh's `data` axis, each device holding
-    `rows_per_device` consecutive examples (the last device's tail padded with zeros)."""
+    `rows_per_device` consecutive examples (`parallel.shard_rows`)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, kind: parallel.Kind, mesh):
-        num_devices = mesh.devices.size
         self.num_examples = len(labels)
-        self.rows_per_device = -(-self.num_examples // num_devices)
-        padding = self.rows_per_device * num_devices - self.num_examples
-        images = np.concatenate([images, np.zeros((padding, *images.shape[1:]), images.dtype)])
-        labels = np.concatenate([labels, np.zeros((padding,), labels.dtype)])
-        rows = _process_rows(self.rows_per_device, mesh)
-        self.arrays = parallel.host_batch_to_devices(
-            {"images": images[rows], "labels": labels[rows]}, kind, mesh)
-
-
-def _process_rows(rows_per_device: int, mesh) -> slice:
-    """The rows held by this process's devices (contiguous in mesh order, as `jax.devices()`
-    lists each process's devices together)."""
-    positions = [i for i, d in enumerate(mesh.devices.flat)
-                 if d.process_index == jax.process_index()]
-    if positions != list(range(positions[0], positions[0] + len(positions))):
-        raise ValueError("this process's devices are not contiguous in the mesh")
-    return slice(positions[0] * rows_per_device, (positions[-1] + 1) * rows_per_device)
+        self.arrays, self.rows_per_device = parallel.shard_rows(
+            {"images": images, "labels": labels}, kind, mesh)
 
 
 def gather_rows(shard: jax.Array, indices: jax.Array, axis_name: str) -> jax.Array:

@@ -110,6 +110,27 @@ def host_batch_to_devices(batch: PyTree, kind: Kind, mesh: Mesh) -> PyTree:
     return jax.tree.map(split, batch)
 
 
+def shard_rows(arrays: PyTree, kind: Kind, mesh: Mesh) -> tuple[PyTree, int]:
+    """Splits arrays [N, ...] (the same on every process) over the mesh's devices by rows, for a
+    wrapped function to take split over `AXIS`: device i holds rows [i m, (i + 1) m), the last
+    device's tail padded with zeros. Returns (the sharded arrays, m)."""
+    num_devices = mesh.devices.size
+    num_rows = len(jax.tree.leaves(arrays)[0])
+    rows_per_device = -(-num_rows // num_devices)
+    positions = [i for i, d in enumerate(mesh.devices.flat)
+                 if d.process_index == jax.process_index()]
+    if positions != list(range(positions[0], positions[0] + len(positions))):
+        raise ValueError("this process's devices are not contiguous in the mesh")
+    mine = slice(positions[0] * rows_per_device, (positions[-1] + 1) * rows_per_device)
+
+    def pad_and_take(x):
+        x = np.asarray(x)
+        padding = np.zeros((rows_per_device * num_devices - num_rows, *x.shape[1:]), x.dtype)
+        return np.concatenate([x, padding])[mine]
+
+    return host_batch_to_devices(jax.tree.map(pad_and_take, arrays), kind, mesh), rows_per_device
+
+
 def prefetch_to_devices(batches: Iterable[PyTree], kind: Kind, mesh: Mesh, size: int = 2
                         ) -> Iterator[PyTree]:
     """`host_batch_to_devices` of each host batch, `size` batches ahead of the consumer.

@@ -281,7 +281,7 @@ class Trainer:
 
         return evaluate.evaluate_representation(
             features(data.get("train_split", "train")), features(data.get("eval_split", "test")),
-            self.info.num_classes, eval_config)
+            self.info.num_classes, eval_config, self.kind, self.mesh)
 
     def _evaluate_image_text(self, variables) -> dict[str, float]:
         """Image <-> text recall@k on a caption source; zero-shot top-1 on a labelled one (or

@@ -16,7 +16,7 @@ from contrastive_jax.methods import simclr, supcon
 
 from test_train import REPO, tiny_config
 
-CONFIG_ARGS = {"simclr_cifar10.py": ["resnet18", "resnet50"], "simclr_imagenet.py": ["100", "1000"],
+CONFIG_ARGS = {"simclr_cifar10.py": ["resnet18", "resnet50", "resnet18_readme"], "simclr_imagenet.py": ["100", "1000"],
                "supcon_cifar10.py": ["resnet18", "resnet50"], "clip_cifar10.py": ["mu", "ti"],
                "siglip_cifar10.py": ["mu", "ti"]}
 CASES = [(os.path.basename(path), arg)
@@ -52,8 +52,8 @@ def test_image_text_configs_have_no_temperature():
 
 def test_supcon_with_unique_labels_equals_simclr():
     """With every label different, SupCon's only positive is the other view: the method's loss
-    equals SimCLR's on the same parameters and batch."""
-    config = train.resolve_steps(tiny_config("supcon"), 64)
+    equals SimCLR's on the same parameters and batch (SupContrast's T / base_T factor off)."""
+    config = train.resolve_steps(tiny_config("supcon", **{"loss.base_temperature": 0.5}), 64)
     model = supcon.build_model(config, 10, None)
     variables = supcon.init_variables(model, config, jax.random.PRNGKey(0))
     rng = np.random.default_rng(0)
@@ -67,6 +67,78 @@ def test_supcon_with_unique_labels_equals_simclr():
     np.testing.assert_allclose(losses["supcon"](batch), losses["simclr"](batch), rtol=1e-6)
     batch["label"] = np.array([0, 0, 1, 1, 2, 2], np.int32)
     assert not np.isclose(losses["supcon"](batch), losses["simclr"](batch), rtol=1e-3)
+
+
+def _two_view_setup(method_name, **overrides):
+    """A tiny model's variables, a state and a batch of 6 examples for `method.loss_fn`."""
+    config = train.resolve_steps(tiny_config(method_name, **overrides), 64)
+    method = methods.get(method_name)
+    model = method.build_model(config, 10, None)
+    variables = method.init_variables(model, config, jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+    batch = {"view1": rng.random((6, 16, 16, 3), np.float32),
+             "view2": rng.random((6, 16, 16, 3), np.float32),
+             "label": np.array([0, 0, 1, 1, 2, 3], np.int32)}
+    state = train.TrainState(step=0, params=variables["params"],
+                             batch_stats=variables["batch_stats"], opt_state=(), extra={})
+    return config, method, model, variables, state, batch
+
+
+def _contrastive_loss(method_name, **overrides):
+    config, method, model, variables, state, batch = _two_view_setup(method_name, **overrides)
+    _, (_, metrics) = method.loss_fn(model, config, variables["params"], state, batch,
+                                     jax.random.PRNGKey(0), None)
+    return float(metrics["contrastive_loss"])
+
+
+def _reference_simclr_loss(p1, p2, temperature):
+    """google-research/simclr's loss as its paper and code describe it, in numpy: for each
+    view a, the cross-entropy of [a.b, a.a (self masked)] logits with the other view as the
+    label, averaged over the batch; the two views' losses summed."""
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    h1, h2 = unit(np.float64(p1)), unit(np.float64(p2))
+    n = len(h1)
+    self_mask = np.eye(n) * 1e9
+
+    def cross_entropy(positives_and_others, same_view):
+        logits = np.concatenate([positives_and_others, same_view - self_mask], axis=1)
+        log_softmax = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        return -np.mean(log_softmax[np.arange(n), np.arange(n)])
+
+    return (cross_entropy(h1 @ h2.T / temperature, h1 @ h1.T / temperature)
+            + cross_entropy(h2 @ h1.T / temperature, h2 @ h2.T / temperature))
+
+
+def test_simclr_loss_multiplier_2_is_the_reference_loss():
+    config, method, model, variables, _, batch = _two_view_setup(
+        "simclr", **{"loss.multiplier": 2.0})
+    images = np.concatenate([batch["view1"], batch["view2"]])
+    (_, projection, _), _ = model.apply(variables, images, train=True, mutable=["batch_stats"])
+    want = _reference_simclr_loss(projection[:6], projection[6:], config.loss.temperature)
+    assert _contrastive_loss("simclr", **{"loss.multiplier": 2.0}) == pytest.approx(want,
+                                                                                     rel=1e-5)
+    assert _contrastive_loss("simclr") == pytest.approx(want / 2, rel=1e-5)
+
+
+def test_supcon_loss_is_scaled_by_temperature_over_base_temperature():
+    plain = _contrastive_loss("supcon", **{"loss.temperature": 0.1,
+                                           "loss.base_temperature": 0.1})
+    scaled = _contrastive_loss("supcon", **{"loss.temperature": 0.1})  # Base 0.07.
+    assert scaled == pytest.approx(plain * 0.1 / 0.07, rel=1e-6)
+
+
+def test_recipes_follow_their_references():
+    """The details a reader checks against google-research/simclr and SupContrast."""
+    cifar = load_config(os.path.join(REPO, "configs", "simclr_cifar10.py:resnet18"))
+    readme = load_config(os.path.join(REPO, "configs", "simclr_cifar10.py:resnet18_readme"))
+    imagenet = load_config(os.path.join(REPO, "configs", "simclr_imagenet.py"))
+    for config in (cifar, readme, imagenet):
+        assert config.model.zero_init_residual and config.loss.multiplier == 2.0
+    assert (cifar.batch_size, cifar.optimizer.weight_decay) == (1024, 1e-6)
+    assert (readme.batch_size, readme.optimizer.weight_decay) == (512, 1e-4)
+    sup = load_config(os.path.join(REPO, "configs", "supcon_cifar10.py"))
+    assert sup.data.crop_area_min == 0.2 and not sup.model.head_bn
+    assert sup.loss.base_temperature == 0.07
 
 
 def test_summary_table_shows_random_init_and_last_evaluation(tmp_path):

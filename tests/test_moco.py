@@ -111,6 +111,34 @@ def test_shuffled_bn_keys_enter_the_queue_in_order(shuffled_run):
     assert int(after.extra["queue_ptr"]) == GLOBAL_BATCH
 
 
+def test_shuffled_bn_running_statistics_are_the_mean_over_devices(shuffled_run):
+    """Each device's BatchNorm sees only its 2 examples; the state's running statistics (query
+    and key encoder) are the mean of the 8 devices' updates, recomputed here one device at a
+    time."""
+    config, (before, after, _) = shuffled_run
+    model = moco.build_model(config, 10, None)
+    per_device = GLOBAL_BATCH // jax.device_count()
+    step_key = jax.random.fold_in(jax.random.PRNGKey(7), 0)
+    order = np.asarray(jax.random.permutation(step_key, GLOBAL_BATCH))
+    batch = random_batch(0)
+
+    def mean_update(params, batch_stats, images, groups):
+        updates = [model.apply({"params": params, "batch_stats": batch_stats}, images[group],
+                               train=True, mutable=["batch_stats"])[1]["batch_stats"]
+                   for group in groups]
+        return jax.tree.map(lambda *u: np.mean(u, axis=0), *updates)
+
+    in_order = [np.arange(d * per_device, (d + 1) * per_device)
+                for d in range(jax.device_count())]
+    shuffled = [order[d * per_device:(d + 1) * per_device] for d in range(jax.device_count())]
+    assert_trees_equal(after.batch_stats, mean_update(before.params, before.batch_stats,
+                                                      batch["view1"], in_order),
+                       rtol=1e-4, atol=1e-5)
+    assert_trees_equal(after.extra["key_batch_stats"],
+                       mean_update(before.extra["key_params"], before.extra["key_batch_stats"],
+                                   batch["view2"], shuffled), rtol=1e-4, atol=1e-5)
+
+
 def test_queue_holds_the_last_k_keys_of_all_devices_in_order():
     """Global BN, 4 steps into a queue of 3 batches: rolled to its pointer, the queue is the
     keys of steps 2, 3 and 4, each computed on one device with whole-batch BatchNorm."""

@@ -83,6 +83,15 @@ def test_projection_head_shapes(layers):
     assert out.shape == (4, 16)
 
 
+def test_projection_head_last_batchnorm_has_a_scale_and_no_bias():
+    """As the SimCLR reference's head: its last BatchNorm has center=False, scale on."""
+    head = heads.ProjectionHead(num_layers=3, hidden_dim=32, out_dim=16)
+    variables = head.init(jax.random.PRNGKey(0), jnp.ones((4, 8)), train=False)
+    norms = variables["params"]
+    assert set(norms["BatchNorm_0"]) == set(norms["BatchNorm_1"]) == {"scale", "bias"}
+    assert set(norms["BatchNorm_2"]) == {"scale"}
+
+
 def test_linear_probe_sends_no_gradient_to_the_features():
     probe = heads.LinearProbe(num_classes=3)
     features = jnp.ones((4, 8))

@@ -15,6 +15,9 @@ the batch statistics). `model.moco_bn` chooses how:
   one device's batch split into `model.bn_splits` parts; the keys are computed on the global
   batch in a random order shared by all devices, then put back in order, so a query's group and
   its key's group hold different examples. On one device, set `bn_splits` > 1 (MoCo's split BN).
+  Each device's running statistics come from its own groups; after every step they are averaged
+  over the devices (query and key encoder alike), so the state, which the step returns as
+  replicated and checkpoints as one copy, is the same on every device.
 - "global": BatchNorm over the whole global batch on every device (MoCo v3's synchronised BN).
 """
 
@@ -138,6 +141,9 @@ def loss_fn(model: simclr.SimCLRModel, config: ml_collections.ConfigDict, params
 
     if config.model.moco_bn == "shuffle":
         keys, all_keys, key_batch_stats = _shuffled_keys(key_fn, batch["view2"], rng, axis_name)
+        if axis_name is not None:
+            batch_stats, key_batch_stats = jax.lax.pmean((batch_stats, key_batch_stats),
+                                                         axis_name)
     else:
         keys, key_batch_stats = key_fn(batch["view2"])
         all_keys = losses.gather(keys, axis_name)

@@ -72,11 +72,14 @@ def probe_loss_and_metrics(probe_logits: Array, labels: Array) -> tuple[Array, d
 
 
 def two_view_loss(model: nn.Module, params, batch_stats, batch: dict[str, Array],
-                  contrastive_fn: Callable[[Array, Array], tuple[Array, dict]]):
+                  contrastive_fn: Callable[[Array, Array], tuple[Array, dict]],
+                  multiplier: float = 1.0):
     """Both views through the network as one batch (so BatchNorm sees all 2N views), the
-    contrastive loss of their projections plus the online probe's cross-entropy.
+    contrastive loss of their projections times `multiplier` plus the online probe's
+    cross-entropy.
 
-    Returns (loss, ({"batch_stats": ...}, metrics)); metrics are this device's.
+    Returns (loss, ({"batch_stats": ...}, metrics)); metrics are this device's, and
+    "contrastive_loss" is the multiplied loss, the one optimised.
     """
     n = batch["view1"].shape[0]
     images = jnp.concatenate([batch["view1"], batch["view2"]], axis=0)
@@ -84,6 +87,7 @@ def two_view_loss(model: nn.Module, params, batch_stats, batch: dict[str, Array]
         {"params": params, "batch_stats": batch_stats}, images, train=True,
         mutable=["batch_stats"])
     contrastive, metrics = contrastive_fn(projection[:n], projection[n:])
+    contrastive = multiplier * contrastive
     probe_loss, probe_metrics = probe_loss_and_metrics(
         probe_logits, jnp.concatenate([batch["label"], batch["label"]]))
     metrics = {**metrics, **probe_metrics, "contrastive_loss": contrastive}
@@ -92,12 +96,14 @@ def two_view_loss(model: nn.Module, params, batch_stats, batch: dict[str, Array]
 
 def loss_fn(model: SimCLRModel, config: ml_collections.ConfigDict, params, state,
             batch: dict[str, Array], rng: Array, axis_name: str | None):
-    """NT-Xent of the two views' projections over all devices, plus the online probe."""
+    """NT-Xent of the two views' projections over all devices (times `loss.multiplier`: 2.0
+    is the reference's sum of both directions), plus the online probe."""
     del rng
     return two_view_loss(
         model, params, state.batch_stats, batch,
         lambda z1, z2: losses.nt_xent(z1, z2, config.loss.temperature, axis_name=axis_name,
-                                      with_metrics=True))
+                                      with_metrics=True),
+        multiplier=config.loss.get("multiplier", 1.0))
 
 
 def encoder_features(model: nn.Module) -> Callable[[dict, Array], Array]:

@@ -16,9 +16,12 @@ __all__ = ["batch_shapes", "build_model", "encoder_features", "init_variables", 
 
 def loss_fn(model, config: ml_collections.ConfigDict, params, state,
             batch: dict[str, jax.Array], rng: jax.Array, axis_name: str | None):
-    """SupCon of the two views' projections over all devices, plus the online probe."""
+    """SupCon of the two views' projections over all devices, times temperature /
+    `loss.base_temperature` as SupContrast scales it, plus the online probe."""
     del rng
+    temperature = config.loss.temperature
     return two_view_loss(
         model, params, state.batch_stats, batch,
-        lambda z1, z2: losses.supcon(z1, z2, batch["label"], config.loss.temperature,
-                                     axis_name=axis_name, with_metrics=True))
+        lambda z1, z2: losses.supcon(z1, z2, batch["label"], temperature,
+                                     axis_name=axis_name, with_metrics=True),
+        multiplier=temperature / config.loss.get("base_temperature", temperature))

@@ -15,9 +15,9 @@ class ProjectionHead(nn.Module):
     """An MLP of `num_layers` Dense layers mapping features to the contrastive space.
 
     SimCLR v1 uses 2 layers (hidden = feature width, out 128); v2 uses 3. With `use_bn`, each
-    hidden layer is Dense -> BatchNorm -> ReLU and the output layer is Dense -> BatchNorm
-    without a learned scale or bias, as in the SimCLR reference; BN is synchronised over
-    `bn_axis_name` like the encoder's.
+    hidden layer is Dense -> BatchNorm -> ReLU and the output layer is Dense -> BatchNorm with a
+    learned scale but no bias, as in the SimCLR reference (its last BN has center=False); BN is
+    synchronised over `bn_axis_name` like the encoder's.
     """
 
     num_layers: int = 2
@@ -36,7 +36,7 @@ class ProjectionHead(nn.Module):
                          dtype=self.dtype)(x)
             if self.use_bn:
                 x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                                 use_scale=not is_last, use_bias=not is_last, dtype=self.dtype,
+                                 use_bias=not is_last, dtype=self.dtype,
                                  axis_name=self.bn_axis_name)(x)
             if not is_last:
                 x = nn.relu(x)
