@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from contrastive_jax.models import text, vit
-from contrastive_jax.models.transformer import Encoder
+from contrastive_jax.models.transformer import Encoder, stack_block_params
 
 TINY_TEXT = {"vocab_size": 100, "max_len": 16, "width": 32, "depth": 2, "num_heads": 2}
 
@@ -201,3 +201,46 @@ def test_changing_a_real_token_changes_the_features(pool):
     after = apply(model, variables, changed)
     for row in range(2):
         assert not np.allclose(before[row], after[row], atol=1e-3)
+
+
+def _with_stacked_encoder(variables, depth):
+    params = dict(variables["params"])
+    params["encoder"] = stack_block_params(params["encoder"], depth)
+    return {"params": params}
+
+
+@pytest.mark.parametrize("remat_policy", ["none", "nothing_saveable", "dots_saveable"])
+def test_scanned_and_rematerialised_towers_equal_the_layer_loop(remat_policy):
+    """nn.scan over the blocks (parameters stacked by `stack_block_params`) and nn.remat give
+    the loop's features and the loop's gradients, for the masked text tower and the ViT."""
+    rng = np.random.default_rng(0)
+    tokens = padded([random_tokens(rng, (5,)), random_tokens(rng, (9,))], 12)
+    images = rng.random((2, 8, 8, 3), np.float32)
+    towers = [
+        (lambda **kw: text.text_transformer(**TINY_TEXT, **kw), tokens),
+        (lambda **kw: vit.vit("mu/4", depth=3, **kw), images),
+    ]
+    for make, inputs in towers:
+        loop = make()
+        variables = loop.init(jax.random.PRNGKey(0), inputs, train=False)
+        depth = loop.depth
+        scanned = make(scan_layers=True, remat_policy=remat_policy)
+        stacked = _with_stacked_encoder(variables, depth)
+        assert jax.tree.structure(stacked) == jax.tree.structure(
+            scanned.init(jax.random.PRNGKey(0), inputs, train=False))
+
+        def loss(model, params):
+            return jnp.sum(jnp.sin(model.apply({"params": params}, inputs, train=False)))
+
+        np.testing.assert_allclose(apply(scanned, stacked, inputs),
+                                   apply(loop, variables, inputs), rtol=1e-5, atol=1e-6)
+        grads_loop = jax.grad(lambda p: loss(loop, p))(variables["params"])
+        grads_scanned = jax.grad(lambda p: loss(scanned, p))(stacked["params"])
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=2e-5),
+                     grads_scanned, _with_stacked_encoder({"params": grads_loop}, depth)["params"])
+
+
+def test_unknown_remat_policy_is_refused():
+    with pytest.raises(ValueError, match="unknown remat_policy 'everything'"):
+        vit.vit("mu/4", remat_policy="everything").init(
+            jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)), train=False)

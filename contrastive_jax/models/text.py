@@ -35,6 +35,8 @@ class TextTransformer(nn.Module):
     causal: bool = True
     pool: str = "last"
     dtype: Any = jnp.float32
+    scan_layers: bool = False  # transformer.Encoder's: nn.scan over the blocks
+    remat_policy: str = "none"  # transformer.Encoder's: what a block keeps for the backward
 
     def __post_init__(self) -> None:
         if self.pool not in POOLS:
@@ -55,6 +57,7 @@ class TextTransformer(nn.Module):
                                    (self.max_len, self.width))
         x = x + pos_embedding[:length].astype(self.dtype)
         x = Encoder(self.depth, self.num_heads, self.mlp_dim, dtype=self.dtype,
+                    scan_layers=self.scan_layers, remat_policy=self.remat_policy,
                     name="encoder")(x, attention_mask(is_token, self.causal))
         if self.pool == "last":
             features = _state_at_last_token(x, is_token)
@@ -88,8 +91,10 @@ def _mean_over_tokens(x: Array, is_token: Array) -> Array:
 
 def text_transformer(*, vocab_size: int, max_len: int, width: int, depth: int, num_heads: int,
                      mlp_dim: int | None = None, causal: bool = True, pool: str = "last",
-                     dtype: Any = jnp.float32) -> TextTransformer:
+                     dtype: Any = jnp.float32, scan_layers: bool = False,
+                     remat_policy: str = "none") -> TextTransformer:
     """A TextTransformer; `mlp_dim` defaults to 4 * width as in CLIP."""
     return TextTransformer(vocab_size=vocab_size, max_len=max_len, width=width, depth=depth,
                            num_heads=num_heads, mlp_dim=mlp_dim or 4 * width, causal=causal,
-                           pool=pool, dtype=dtype)
+                           pool=pool, dtype=dtype, scan_layers=scan_layers,
+                           remat_policy=remat_policy)

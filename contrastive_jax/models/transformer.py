@@ -4,12 +4,17 @@ Each block is LN -> self-attention -> residual, LN -> MLP -> residual, and the s
 LayerNorm, as in ViT and CLIP. Attention and MLP layers carry biases so that parameter counts
 match the published models. `dtype` is the compute dtype; parameters stay float32 and the
 attention softmax is computed in float32 even under bfloat16.
+
+For deep towers the blocks can run under `nn.scan` (one compiled block, parameters stacked on a
+leading layer axis: compile time stops growing with depth) and `nn.remat` (activations inside a
+block recomputed in the backward pass, as `REMAT_POLICIES` says, to trade FLOPs for memory).
+Outputs and gradients do not change; the parameter layout does (`stack_block_params` converts).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
@@ -51,27 +56,78 @@ class EncoderBlock(nn.Module):
         return x + MlpBlock(self.mlp_dim, dtype=self.dtype, name="mlp")(y)
 
 
+# What a rematerialised block keeps from its forward pass: "none" turns remat off; the others
+# name jax.checkpoint_policies ("nothing_saveable" recomputes everything; the "dots" policies keep
+# matrix-multiply outputs and recompute the cheap element-wise ops around them).
+REMAT_POLICIES = ("none", "nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable")
+SCANNED_BLOCKS = "blocks"  # The scanned stack's name; its one block is `SCANNED_BLOCKS/block`.
+
+
+def _block_type(remat_policy: str) -> type[nn.Module]:
+    if remat_policy not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat_policy {remat_policy!r}; choose one of {REMAT_POLICIES}")
+    if remat_policy == "none":
+        return EncoderBlock
+    return nn.remat(EncoderBlock, policy=getattr(jax.checkpoint_policies, remat_policy))
+
+
+class _ScanStep(nn.Module):
+    """One block as `nn.scan` wants it: (carry, broadcast mask) -> (carry, no output)."""
+
+    num_heads: int
+    mlp_dim: int
+    remat_policy: str
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array | None) -> tuple[Array, None]:
+        block = _block_type(self.remat_policy)(self.num_heads, self.mlp_dim, dtype=self.dtype,
+                                               name="block")
+        return block(x, mask), None
+
+
 class Encoder(nn.Module):
     """`depth` EncoderBlocks and a final LayerNorm over tokens x [n, T, D].
 
     `mask` is boolean, True where query t may attend to key s: [n, T, T] (shared by all heads)
-    or [n, 1, T, T]; None lets every token attend to every token.
+    or [n, 1, T, T]; None lets every token attend to every token. `scan_layers` and
+    `remat_policy`: see the module docstring.
     """
 
     depth: int
     num_heads: int
     mlp_dim: int
     dtype: Any = jnp.float32
+    scan_layers: bool = False
+    remat_policy: str = "none"
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None = None) -> Array:
         if mask is not None:
             mask = _per_head_mask(mask, x.shape[1])
         x = x.astype(self.dtype)
-        for index in range(self.depth):
-            x = EncoderBlock(self.num_heads, self.mlp_dim, dtype=self.dtype,
-                             name=f"block_{index}")(x, mask)
+        if self.scan_layers:
+            stack = nn.scan(_ScanStep, variable_axes={"params": 0}, split_rngs={"params": True},
+                            in_axes=nn.broadcast, length=self.depth)
+            x, _ = stack(self.num_heads, self.mlp_dim, self.remat_policy, self.dtype,
+                         name=SCANNED_BLOCKS)(x, mask)
+        else:
+            block_type = _block_type(self.remat_policy)
+            for index in range(self.depth):
+                x = block_type(self.num_heads, self.mlp_dim, dtype=self.dtype,
+                               name=f"block_{index}")(x, mask)
         return nn.LayerNorm(dtype=self.dtype, name="final_norm")(x)
+
+
+def stack_block_params(encoder_params: Mapping[str, Any], depth: int) -> dict[str, Any]:
+    """An Encoder's parameters with blocks `block_0` .. `block_{depth-1}` in the layout of
+    `scan_layers=True` (each leaf stacked on a leading layer axis), e.g. to load a checkpoint
+    trained without scan into a scanned tower."""
+    blocks = [encoder_params[f"block_{index}"] for index in range(depth)]
+    rest = {name: value for name, value in encoder_params.items()
+            if not name.startswith("block_")}
+    stacked = jax.tree.map(lambda *layers: jnp.stack(layers), *blocks)
+    return {**rest, SCANNED_BLOCKS: {"block": stacked}}
 
 
 def _per_head_mask(mask: Array, num_tokens: int) -> Array:

@@ -40,6 +40,8 @@ class ViT(nn.Module):
     patch_size: int
     pool: str = "cls"
     dtype: Any = jnp.float32
+    scan_layers: bool = False  # transformer.Encoder's: nn.scan over the blocks
+    remat_policy: str = "none"  # transformer.Encoder's: what a block keeps for the backward
 
     def __post_init__(self) -> None:
         if self.pool not in POOLS:
@@ -65,6 +67,7 @@ class ViT(nn.Module):
                                    (1, x.shape[1], self.width))
         x = x + pos_embedding.astype(self.dtype)
         x = Encoder(self.depth, self.num_heads, self.mlp_dim, dtype=self.dtype,
+                    scan_layers=self.scan_layers, remat_policy=self.remat_policy,
                     name="encoder")(x)
         features = x[:, 0] if self.pool == "cls" else jnp.mean(x, axis=1)
         return features.astype(jnp.float32)
@@ -81,9 +84,10 @@ def parse_variant(variant: str) -> dict:
 
 
 def vit(variant: str, *, pool: str = "cls", depth: int | None = None,
-        dtype: Any = jnp.float32) -> ViT:
+        dtype: Any = jnp.float32, scan_layers: bool = False, remat_policy: str = "none") -> ViT:
     """The ViT called `variant` ("B/16", "Ti/4" ...); `depth` overrides the variant's depth."""
     config = parse_variant(variant)
     if depth is not None:
         config["depth"] = depth
-    return ViT(**config, pool=pool, dtype=dtype)
+    return ViT(**config, pool=pool, dtype=dtype, scan_layers=scan_layers,
+               remat_policy=remat_policy)
