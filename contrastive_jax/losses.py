@@ -17,6 +17,8 @@ them: `contrastive_top1` (the positive is the arg-max among all global candidate
 
 from __future__ import annotations
 
+import functools
+
 from typing import Literal
 
 import jax
@@ -213,32 +215,80 @@ def _siglip_all_gather(img, txt, scale, bias, axis_name):
     return _sigmoid_block(_pair_logits(img, all_txt, scale, bias), positive_mask)
 
 
-def _siglip_ring(img, txt, scale, bias, axis_name):
-    """Passes text blocks around the ring with ppermute; holds one n x n block at a time.
+def _ring_shift(axis_name: str) -> list[tuple[int, int]]:
+    num_devices = jax.lax.axis_size(axis_name)
+    return [(i, (i + 1) % num_devices) for i in range(num_devices)]
 
-    The first block is this device's own (it holds the positives); D - 1 shifts bring every other
-    device's texts, all negatives. The scanned body is rematerialised, so the backward pass keeps
-    only the text blocks (n x d each), never the logits of earlier steps.
-    """
+
+def _ring_sums(img, txt, scale, bias, axis_name):
+    """The ring's forward pass: this device's own block (the positives), then D - 1 text blocks
+    passed along with ppermute, one n x n block of logits at a time."""
     own_block = jnp.eye(img.shape[0], dtype=bool)
     total, positives, best_negative = _sigmoid_block(_pair_logits(img, txt, scale, bias),
                                                      own_block)
     if axis_name is None:
         return total, positives, best_negative
-    num_devices = jax.lax.axis_size(axis_name)
-    shift = [(i, (i + 1) % num_devices) for i in range(num_devices)]
 
-    @jax.checkpoint
     def step(carry, _):
         txt_block, total, best_negative = carry
-        txt_block = jax.lax.ppermute(txt_block, axis_name, shift)
+        txt_block = jax.lax.ppermute(txt_block, axis_name, _ring_shift(axis_name))
         logits = _pair_logits(img, txt_block, scale, bias)
         total = total + jnp.sum(jax.nn.softplus(logits))
         return (txt_block, total, jnp.maximum(best_negative, jnp.max(logits, axis=-1))), None
 
     (_, total, best_negative), _ = jax.lax.scan(
-        step, (txt, total, best_negative), None, length=num_devices - 1)
+        step, (txt, total, best_negative), None, length=jax.lax.axis_size(axis_name) - 1)
     return total, positives, best_negative
+
+
+def _block_grads(img, txt_block, scale, bias, signs, d_total):
+    """Gradients of d_total * sum softplus(-signs * logits) over one block: (d_img, d_txt_block,
+    d_scale, d_bias). Only the logits' gradient g outlives the cosines it is computed from:
+    d_scale = sum g * cos is read off g @ txt_block, which d_img needs anyway."""
+    g = -signs * jax.nn.sigmoid(-signs * (scale * (img @ txt_block.T) + bias)) * d_total
+    g_txt = g @ txt_block
+    return scale * g_txt, scale * g.T @ img, jnp.sum(img * g_txt), jnp.sum(g)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _siglip_ring(img, txt, scale, bias, axis_name):
+    """Passes text blocks around the ring with ppermute; holds one n x n block at a time.
+
+    The backward pass is written out (`_siglip_ring_bwd`) rather than derived: it runs the ring
+    again, each text block travelling with its gradient, which returns to the block's device
+    at the end, so no step keeps more than a block's logits and their gradient.
+    """
+    return _ring_sums(img, txt, scale, bias, axis_name)
+
+
+def _siglip_ring_fwd(img, txt, scale, bias, axis_name):
+    return _ring_sums(img, txt, scale, bias, axis_name), (img, txt, scale, bias)
+
+
+def _siglip_ring_bwd(axis_name, residuals, cotangents):
+    """Only the summed loss carries a gradient; the positives and best negatives are metrics."""
+    img, txt, scale, bias = residuals
+    d_total = cotangents[0]
+    own_signs = jnp.where(jnp.eye(img.shape[0], dtype=bool), 1.0, -1.0)
+    d_img, d_txt, d_scale, d_bias = _block_grads(img, txt, scale, bias, own_signs, d_total)
+    if axis_name is not None:
+        shift = _ring_shift(axis_name)
+
+        def step(carry, _):
+            txt_block, d_txt_block, d_img, d_scale, d_bias = carry
+            txt_block, d_txt_block = jax.lax.ppermute((txt_block, d_txt_block), axis_name, shift)
+            block = _block_grads(img, txt_block, scale, bias, -1.0, d_total)
+            return (txt_block, d_txt_block + block[1], d_img + block[0], d_scale + block[2],
+                    d_bias + block[3]), None
+
+        (_, d_txt, d_img, d_scale, d_bias), _ = jax.lax.scan(
+            step, (txt, d_txt, d_img, d_scale, d_bias), None,
+            length=jax.lax.axis_size(axis_name) - 1)
+        d_txt = jax.lax.ppermute(d_txt, axis_name, shift)  # Home: D shifts in all.
+    return d_img, d_txt, d_scale, d_bias
+
+
+_siglip_ring.defvjp(_siglip_ring_fwd, _siglip_ring_bwd)
 
 
 def siglip_loss(

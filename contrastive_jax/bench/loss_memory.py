@@ -2,7 +2,8 @@
 
     python -m contrastive_jax.bench.loss_memory [--devices=8] [--dim=64] [--sizes=128,256,512,1024]
 
-Compiles value_and_grad of `siglip_loss` under jit + shard_map over D devices (simulated CPU
+Compiles value_and_grad of `siglip_loss` (with respect to everything, and to the embeddings
+alone) under jit + shard_map over D devices (simulated CPU
 devices unless a real platform is selected) and reads XLA's buffer assignment through
 `compiled.memory_analysis()`: `temp_size_in_bytes` is the scratch one device's program needs
 beyond its arguments and outputs. Prints one JSON line per (impl, n). Nothing is executed, so
@@ -42,17 +43,25 @@ flags.DEFINE_string("dtype", "float32", "Embedding dtype.")
 FLAGS = flags.FLAGS
 
 
-def compiled_loss_and_grad(impl: str, per_device: int, dim: int, mesh, dtype):
+# Which inputs get gradients: everything a training step differentiates, or the embeddings alone
+# (a frozen scale and bias, or the loss inside gradient caching's embedding step).
+GRADIENTS = {"all": (0, 1, 2, 3), "embeddings": (0, 1)}
+
+
+def compiled_loss_and_grad(impl: str, per_device: int, dim: int, mesh, dtype,
+                           gradients: str = "all"):
     """The compiled per-device program of SigLIP's loss and its gradients."""
+    argnums = GRADIENTS[gradients]
 
     def per_device_fn(img, txt, scale, bias):
         loss_fn = lambda *args: losses.siglip_loss(*args, axis_name=parallel.AXIS, impl=impl)
-        loss, grads = jax.value_and_grad(loss_fn, argnums=(0, 1, 2, 3))(img, txt, scale, bias)
+        loss, grads = jax.value_and_grad(loss_fn, argnums=argnums)(img, txt, scale, bias)
         return jax.lax.pmean(loss, parallel.AXIS), grads
 
+    grad_specs = (P(parallel.AXIS), P(parallel.AXIS), P(), P())[:len(argnums)]
     fn = parallel.wrap(per_device_fn, "shard_map", mesh,
                        in_specs=(P(parallel.AXIS), P(parallel.AXIS), P(), P()),
-                       out_specs=(P(), (P(parallel.AXIS), P(parallel.AXIS), P(), P())))
+                       out_specs=(P(), grad_specs))
     num_devices = mesh.devices.size
     embeddings = jax.ShapeDtypeStruct((num_devices * per_device, dim), dtype)
     scalar = jax.ShapeDtypeStruct((), jnp.float32)
@@ -67,11 +76,14 @@ def main(argv) -> None:
     for n in map(int, FLAGS.sizes):
         row = {"devices": len(devices), "per_device": n, "dim": FLAGS.dim,
                "platform": devices[0].platform, "dtype": dtype.name}
-        for impl in ("all_gather", "ring"):
-            memory = compiled_loss_and_grad(impl, n, FLAGS.dim, mesh, dtype).memory_analysis()
-            row[f"{impl}_temp_bytes"] = int(memory.temp_size_in_bytes)
-        row["ring_over_all_gather"] = round(row["ring_temp_bytes"] / row["all_gather_temp_bytes"],
-                                            4)
+        for gradients in GRADIENTS:
+            suffix = "" if gradients == "all" else "_embedding_grads_only"
+            for impl in ("all_gather", "ring"):
+                memory = compiled_loss_and_grad(impl, n, FLAGS.dim, mesh, dtype,
+                                                gradients).memory_analysis()
+                row[f"{impl}_temp_bytes{suffix}"] = int(memory.temp_size_in_bytes)
+            row[f"ring_over_all_gather{suffix}"] = round(
+                row[f"ring_temp_bytes{suffix}"] / row[f"all_gather_temp_bytes{suffix}"], 4)
         row["n_by_n_logits_bytes"] = n * n * 4
         row["n_by_N_logits_bytes"] = n * n * len(devices) * 4
         print(json.dumps(row), flush=True)
