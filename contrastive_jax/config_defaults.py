@@ -24,6 +24,9 @@ def base(method: str = "simclr") -> ml_collections.ConfigDict:
     config.eval_at_start = True
     config.checkpoint_every = 1000
     config.keep_checkpoints = 3
+    # > 1: gradients over the batch in this many chunks per device (grad_cache.py), for batches
+    # whose activations do not fit in one pass.
+    config.grad_cache_chunks = 1
 
     config.data = ml_collections.ConfigDict()
     config.data.source = "demo"  # tfds:NAME[:VERSION] | folder:PATH | demo | synthetic

@@ -24,7 +24,7 @@ import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 from jax.sharding import NamedSharding, PartitionSpec
 
-from contrastive_jax import evaluate, methods, optim, parallel
+from contrastive_jax import evaluate, grad_cache, methods, optim, parallel
 from contrastive_jax.logging import MetricWriter
 
 # input_pipeline (TensorFlow) is imported where data is read, not at module level, so the state
@@ -85,6 +85,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                          f"method {config.method!r} reads image-text pairs: use 'host'")
     if hasattr(method, "validate"):
         method.validate(config)
+    grad_cache.validate(config, method, jax.device_count())
 
 
 def create_train_state(method, model, config: ml_collections.ConfigDict,
@@ -109,15 +110,24 @@ def make_train_step(method, model, config, tx, schedule) -> Callable:
     `pmean`-ed over the `data` axis; BatchNorm statistics are already identical on every device
     because BatchNorm averages its batch moments over the axis. The loss gets the step's key,
     the same on every device; a method that wants per-device randomness folds in the axis index.
+    With `grad_cache_chunks` > 1 the gradient comes from `grad_cache.value_and_grad` over the
+    method's `loss_parts`, chunk by chunk.
     """
     axis = parallel.AXIS
     after_update = getattr(method, "after_update", lambda config, state: state)
+    num_chunks = config.get("grad_cache_chunks", 1)
 
     def step(state: TrainState, batch, rng):
         rng = jax.random.fold_in(rng, state.step)
-        grad_fn = jax.value_and_grad(
-            lambda p: method.loss_fn(model, config, p, state, batch, rng, axis), has_aux=True)
-        (loss, (changes, metrics)), grads = grad_fn(state.params)
+        if num_chunks > 1:
+            (loss, (changes, metrics)), grads = grad_cache.value_and_grad(
+                method.loss_parts(model, config, axis), state.params, state.batch_stats, batch,
+                num_chunks)
+        else:
+            grad_fn = jax.value_and_grad(
+                lambda p: method.loss_fn(model, config, p, state, batch, rng, axis),
+                has_aux=True)
+            (loss, (changes, metrics)), grads = grad_fn(state.params)
         grads = jax.lax.pmean(grads, axis)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         new_state = state.replace(params=optax.apply_updates(state.params, updates),

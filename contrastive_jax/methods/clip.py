@@ -10,13 +10,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from contrastive_jax import losses
+from contrastive_jax import grad_cache, losses
 from contrastive_jax.methods import image_text
 from contrastive_jax.methods.image_text import (IMAGE_TEXT, batch_shapes, embed_images,
                                                 embed_texts, encoder_features, init_variables)
 
 __all__ = ["IMAGE_TEXT", "after_update", "batch_shapes", "build_model", "embed_images",
-           "embed_texts", "encoder_features", "init_variables", "loss_fn", "validate"]
+           "embed_texts", "encoder_features", "init_variables", "loss_fn", "loss_parts",
+           "validate"]
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int,
@@ -25,14 +26,22 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int,
                                   init_log_scale=math.log(config.loss.init_scale))
 
 
+def loss_parts(model: image_text.ImageTextModel, config: ml_collections.ConfigDict,
+               axis_name: str | None) -> grad_cache.LossParts:
+    """CLIP's loss over the global batch; metrics include the scale."""
+    del config
+    return image_text.pair_parts(
+        model, lambda img, txt, scale, bias: losses.clip_loss(img, txt, scale,
+                                                              axis_name=axis_name,
+                                                              with_metrics=True))
+
+
 def loss_fn(model: image_text.ImageTextModel, config: ml_collections.ConfigDict, params, state,
             batch: dict[str, jax.Array], rng: jax.Array, axis_name: str | None):
-    """CLIP's loss over the global batch; metrics include the scale."""
-    del config, rng
-    return image_text.pair_loss(
-        model, params, state.batch_stats, batch,
-        lambda img, txt, scale, bias: losses.clip_loss(img, txt, scale, axis_name=axis_name,
-                                                       with_metrics=True))
+    """`loss_parts` in one pass."""
+    del rng
+    return grad_cache.one_pass(loss_parts(model, config, axis_name), params, state.batch_stats,
+                               batch)
 
 
 def after_update(config: ml_collections.ConfigDict, state):

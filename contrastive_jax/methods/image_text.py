@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from contrastive_jax import grad_cache
 from contrastive_jax.models import resnet, text, vit
 
 Array = jax.Array
@@ -113,18 +114,32 @@ def _variables(variables: dict) -> dict:
     return {name: value for name, value in variables.items() if name == "params" or value}
 
 
-def pair_loss(model: ImageTextModel, params, batch_stats, batch: dict[str, Array],
-              loss: Callable[[Array, Array, Array, Array | None], tuple[Array, dict]]):
+def pair_parts(model: ImageTextModel,
+               loss: Callable[[Array, Array, Array, Array | None], tuple[Array, dict]]
+               ) -> grad_cache.LossParts:
     """Both towers on this device's pairs, then `loss(image, text, scale, bias)` (which gathers
-    from the other devices). Returns (loss, ({"batch_stats": ...}, metrics))."""
-    (images, texts, scale, bias), updates = model.apply(
-        _variables({"params": params, "batch_stats": batch_stats}), batch["image"],
-        batch["text"], train=True, mutable=["batch_stats"])
-    value, metrics = loss(images, texts, scale, bias)
-    metrics = {**metrics, "scale": scale}
-    if bias is not None:
-        metrics["bias"] = bias
-    return value, ({"batch_stats": updates.get("batch_stats", batch_stats)}, metrics)
+    from the other devices) with the scale and bias read from the parameters."""
+
+    def embed(params, batch_stats, batch):
+        def towers(module, images, tokens):
+            return module.embed_images(images, train=True), module.embed_texts(tokens, train=True)
+
+        embeddings, updates = model.apply(
+            _variables({"params": params, "batch_stats": batch_stats}), batch["image"],
+            batch["text"], method=towers, mutable=["batch_stats"])
+        return embeddings, updates.get("batch_stats", batch_stats)
+
+    def loss_on(params, embeddings, batch):
+        del batch
+        scale = jnp.exp(params["log_scale"])
+        bias = params.get("bias")
+        value, metrics = loss(*embeddings, scale, bias)
+        metrics = {**metrics, "scale": scale}
+        if bias is not None:
+            metrics["bias"] = bias
+        return value, metrics
+
+    return grad_cache.LossParts(embed, loss_on)
 
 
 def embed_images(model: ImageTextModel) -> Callable[[dict, Array], Array]:

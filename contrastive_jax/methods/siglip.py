@@ -10,13 +10,13 @@ import math
 import jax
 import ml_collections
 
-from contrastive_jax import losses
+from contrastive_jax import grad_cache, losses
 from contrastive_jax.methods import image_text
 from contrastive_jax.methods.image_text import (IMAGE_TEXT, batch_shapes, embed_images,
                                                 embed_texts, encoder_features, init_variables)
 
 __all__ = ["IMAGE_TEXT", "batch_shapes", "build_model", "embed_images", "embed_texts",
-           "encoder_features", "init_variables", "loss_fn", "validate"]
+           "encoder_features", "init_variables", "loss_fn", "loss_parts", "validate"]
 
 IMPLS = ("all_gather", "ring")
 
@@ -36,12 +36,18 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int,
                                   init_bias=config.loss.init_bias)
 
 
-def loss_fn(model: image_text.ImageTextModel, config: ml_collections.ConfigDict, params, state,
-            batch: dict[str, jax.Array], rng: jax.Array, axis_name: str | None):
+def loss_parts(model: image_text.ImageTextModel, config: ml_collections.ConfigDict,
+               axis_name: str | None) -> grad_cache.LossParts:
     """SigLIP's loss over the global batch; metrics include the scale and bias."""
-    del rng
-    return image_text.pair_loss(
-        model, params, state.batch_stats, batch,
-        lambda img, txt, scale, bias: losses.siglip_loss(
+    return image_text.pair_parts(
+        model, lambda img, txt, scale, bias: losses.siglip_loss(
             img, txt, scale, bias, axis_name=axis_name, impl=config.loss.siglip_impl,
             with_metrics=True))
+
+
+def loss_fn(model: image_text.ImageTextModel, config: ml_collections.ConfigDict, params, state,
+            batch: dict[str, jax.Array], rng: jax.Array, axis_name: str | None):
+    """`loss_parts` in one pass."""
+    del rng
+    return grad_cache.one_pass(loss_parts(model, config, axis_name), params, state.batch_stats,
+                               batch)

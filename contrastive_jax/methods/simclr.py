@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from contrastive_jax import losses
+from contrastive_jax import grad_cache, losses
 from contrastive_jax.models import heads, resnet
 
 Array = jax.Array
@@ -71,39 +71,53 @@ def probe_loss_and_metrics(probe_logits: Array, labels: Array) -> tuple[Array, d
                   "probe_top1": jnp.mean(jnp.argmax(probe_logits, -1) == labels)}
 
 
-def two_view_loss(model: nn.Module, params, batch_stats, batch: dict[str, Array],
-                  contrastive_fn: Callable[[Array, Array], tuple[Array, dict]],
-                  multiplier: float = 1.0):
-    """Both views through the network as one batch (so BatchNorm sees all 2N views), the
-    contrastive loss of their projections times `multiplier` plus the online probe's
-    cross-entropy.
+def two_view_parts(model: nn.Module,
+                   contrastive_fn: Callable[[Array, Array, Array], tuple[Array, dict]],
+                   multiplier: float = 1.0) -> grad_cache.LossParts:
+    """Both views through the network as one batch (so BatchNorm sees all 2N views), then
+    `contrastive_fn(z1, z2, labels)` of their projections times `multiplier` plus the online
+    probe's cross-entropy. "contrastive_loss" in the metrics is the multiplied loss, the one
+    optimised."""
 
-    Returns (loss, ({"batch_stats": ...}, metrics)); metrics are this device's, and
-    "contrastive_loss" is the multiplied loss, the one optimised.
-    """
-    n = batch["view1"].shape[0]
-    images = jnp.concatenate([batch["view1"], batch["view2"]], axis=0)
-    (_, projection, probe_logits), updates = model.apply(
-        {"params": params, "batch_stats": batch_stats}, images, train=True,
-        mutable=["batch_stats"])
-    contrastive, metrics = contrastive_fn(projection[:n], projection[n:])
-    contrastive = multiplier * contrastive
-    probe_loss, probe_metrics = probe_loss_and_metrics(
-        probe_logits, jnp.concatenate([batch["label"], batch["label"]]))
-    metrics = {**metrics, **probe_metrics, "contrastive_loss": contrastive}
-    return contrastive + probe_loss, ({"batch_stats": updates["batch_stats"]}, metrics)
+    def embed(params, batch_stats, batch):
+        n = batch["view1"].shape[0]
+        images = jnp.concatenate([batch["view1"], batch["view2"]], axis=0)
+        (_, projection, probe_logits), updates = model.apply(
+            {"params": params, "batch_stats": batch_stats}, images, train=True,
+            mutable=["batch_stats"])
+        outputs = {"z1": projection[:n], "z2": projection[n:], "probe1": probe_logits[:n],
+                   "probe2": probe_logits[n:]}
+        return outputs, updates["batch_stats"]
+
+    def loss_on(params, outputs, batch):
+        del params
+        contrastive, metrics = contrastive_fn(outputs["z1"], outputs["z2"], batch["label"])
+        contrastive = multiplier * contrastive
+        probe_loss, probe_metrics = probe_loss_and_metrics(
+            jnp.concatenate([outputs["probe1"], outputs["probe2"]]),
+            jnp.concatenate([batch["label"], batch["label"]]))
+        return contrastive + probe_loss, {**metrics, **probe_metrics,
+                                          "contrastive_loss": contrastive}
+
+    return grad_cache.LossParts(embed, loss_on)
+
+
+def loss_parts(model: SimCLRModel, config: ml_collections.ConfigDict,
+               axis_name: str | None) -> grad_cache.LossParts:
+    """NT-Xent of the two views' projections over all devices (times `loss.multiplier`: 2.0
+    is the reference's sum of both directions), plus the online probe."""
+    return two_view_parts(
+        model, lambda z1, z2, labels: losses.nt_xent(z1, z2, config.loss.temperature,
+                                                     axis_name=axis_name, with_metrics=True),
+        multiplier=config.loss.get("multiplier", 1.0))
 
 
 def loss_fn(model: SimCLRModel, config: ml_collections.ConfigDict, params, state,
             batch: dict[str, Array], rng: Array, axis_name: str | None):
-    """NT-Xent of the two views' projections over all devices (times `loss.multiplier`: 2.0
-    is the reference's sum of both directions), plus the online probe."""
+    """`loss_parts` in one pass; metrics are this device's."""
     del rng
-    return two_view_loss(
-        model, params, state.batch_stats, batch,
-        lambda z1, z2: losses.nt_xent(z1, z2, config.loss.temperature, axis_name=axis_name,
-                                      with_metrics=True),
-        multiplier=config.loss.get("multiplier", 1.0))
+    return grad_cache.one_pass(loss_parts(model, config, axis_name), params, state.batch_stats,
+                               batch)
 
 
 def encoder_features(model: nn.Module) -> Callable[[dict, Array], Array]:

@@ -7,21 +7,28 @@ from __future__ import annotations
 import jax
 import ml_collections
 
-from contrastive_jax import losses
+from contrastive_jax import grad_cache, losses
 from contrastive_jax.methods.simclr import (batch_shapes, build_model, encoder_features,
-                                            init_variables, two_view_loss)
+                                            init_variables, two_view_parts)
 
-__all__ = ["batch_shapes", "build_model", "encoder_features", "init_variables", "loss_fn"]
+__all__ = ["batch_shapes", "build_model", "encoder_features", "init_variables", "loss_fn",
+           "loss_parts"]
+
+
+def loss_parts(model, config: ml_collections.ConfigDict,
+               axis_name: str | None) -> grad_cache.LossParts:
+    """SupCon of the two views' projections over all devices, times temperature /
+    `loss.base_temperature` as SupContrast scales it, plus the online probe."""
+    temperature = config.loss.temperature
+    return two_view_parts(
+        model, lambda z1, z2, labels: losses.supcon(z1, z2, labels, temperature,
+                                                    axis_name=axis_name, with_metrics=True),
+        multiplier=temperature / config.loss.get("base_temperature", temperature))
 
 
 def loss_fn(model, config: ml_collections.ConfigDict, params, state,
             batch: dict[str, jax.Array], rng: jax.Array, axis_name: str | None):
-    """SupCon of the two views' projections over all devices, times temperature /
-    `loss.base_temperature` as SupContrast scales it, plus the online probe."""
+    """`loss_parts` in one pass; metrics are this device's."""
     del rng
-    temperature = config.loss.temperature
-    return two_view_loss(
-        model, params, state.batch_stats, batch,
-        lambda z1, z2: losses.supcon(z1, z2, batch["label"], temperature,
-                                     axis_name=axis_name, with_metrics=True),
-        multiplier=temperature / config.loss.get("base_temperature", temperature))
+    return grad_cache.one_pass(loss_parts(model, config, axis_name), params, state.batch_stats,
+                               batch)
