@@ -137,6 +137,8 @@ def _add_image_text_fields(config: ml_collections.ConfigDict, method: str) -> No
     config.model.text_mlp_dim = ml_collections.config_dict.placeholder(int)  # None: 4 x width
     config.model.text_causal = True
     config.model.text_pool = "last"  # or "mean"
+    config.model.scan_layers = False  # nn.scan over the transformer blocks (stacked params)
+    config.model.remat_policy = "none"  # or a jax.checkpoint_policies name (transformer.py)
 
     config.loss.init_scale = 1 / 0.07 if method == "clip" else 10.0  # exp(t') at init
     if method == "clip":

@@ -163,3 +163,12 @@ def test_summary_table_merges_evaluations_of_one_step(tmp_path):
     assert "linear eval top-1" in lines[0] and len(lines) == 3
     assert lines[1].split()[-3:] == ["0.2000", "0.3000", "nan"]
     assert lines[2].split()[-3:] == ["0.5000", "0.6000", "0.7000"]
+
+
+def test_scan_and_remat_reach_the_towers_from_the_command_line():
+    config = load_config(os.path.join(REPO, "configs", "clip_cifar10.py"))
+    config.update_from_flattened_dict({"model.scan_layers": True,
+                                       "model.remat_policy": "dots_saveable"})
+    model = methods.get("clip").build_model(config, 10, None)
+    for tower in (model.image_encoder, model.text_encoder):
+        assert tower.scan_layers and tower.remat_policy == "dots_saveable"
