@@ -1,0 +1,122 @@
+"""Fully sharded data parallelism: `config.parallel = "fsdp"`.
+
+Parameters, optimizer state and BatchNorm statistics are split over the devices of the `data`
+axis (`param_spec`: each array along its largest dimension that the device count divides; the
+others, scalars and small odd shapes, stay whole), so each device holds about 1/D of the state.
+The batch is split over the same axis. The step is one `jax.jit` with those shardings (what
+pjit users know): XLA gathers each layer's parameters where the forward and backward passes use
+them and reduce-scatters their gradients, and the optimizer updates every shard in place.
+
+The contrastive loss still couples the global batch. The model runs on global arrays, so
+BatchNorm's statistics are over the global batch as in the shard_map path; the loss runs
+inside a `shard_map` over the embeddings (the method's `loss_parts`, the split gradient caching
+uses), with the same collectives (`all_gather`, the SigLIP ring) as the other paths. Its
+gradient with respect to the embeddings then flows back through the model by one `jax.vjp`.
+The step optimises what the shard_map step optimises: the mean over devices of each device's
+loss (tested equal to it). A loss may read only parameters the rule leaves whole, such as
+CLIP's scale and SigLIP's bias.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from contrastive_jax import parallel
+
+PyTree = Any
+
+
+def param_spec(shape: tuple[int, ...], num_devices: int) -> P:
+    """The array split along its largest dimension that `num_devices` divides; whole if none."""
+    for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+        if shape[dim] >= num_devices and shape[dim] % num_devices == 0:
+            return P(*(parallel.AXIS if d == dim else None for d in range(len(shape))))
+    return P()
+
+
+def state_shardings(state_shapes: PyTree, mesh: Mesh) -> PyTree:
+    """`param_spec` of every leaf of a state (shapes from `jax.eval_shape`), as shardings."""
+    num_devices = mesh.devices.size
+    return jax.tree.map(lambda x: NamedSharding(mesh, param_spec(x.shape, num_devices)),
+                        state_shapes)
+
+
+def shard_state(host_state: PyTree, shardings: PyTree) -> PyTree:
+    """Places a host state (the same on every process) on the devices, split as `shardings`."""
+    return jax.tree.map(
+        lambda x, sharding: jax.make_array_from_callback(
+            np.shape(x), sharding, lambda index, x=np.asarray(x): x[index]),
+        host_state, shardings)
+
+
+def bytes_per_device(state: PyTree) -> int:
+    """Bytes of `state` held by the first device (its shard of every leaf)."""
+    device = jax.devices()[0]
+    return sum(shard.data.nbytes for leaf in jax.tree.leaves(state)
+               for shard in leaf.addressable_shards if shard.device == device)
+
+
+def validate(config: ml_collections.ConfigDict, method) -> None:
+    """Refuses fsdp for a method whose loss is not split at the embeddings."""
+    if config.parallel == "fsdp" and not hasattr(method, "loss_parts"):
+        raise ValueError(f"config.parallel='fsdp' needs a loss over embeddings; method "
+                         f"{config.method!r} has none (SimCLR, SupCon, CLIP and SigLIP do)")
+    if config.parallel == "fsdp" and config.get("grad_cache_chunks", 1) > 1:
+        raise ValueError("config.parallel='fsdp' and grad_cache_chunks > 1 do not combine yet; "
+                         "use parallel='shard_map' for gradient caching")
+
+
+def _loss_on_devices(parts, mesh: Mesh, param_specs: PyTree) -> Callable:
+    """(params, embeddings, batch) -> (loss, metrics, direct param grads, embedding grads) of the
+    mean over devices of each device's loss, computed per device with the loss's collectives."""
+
+    def per_device(params, outputs, batch):
+        (loss, metrics), (direct, d_outputs) = jax.value_and_grad(
+            parts.loss_on, argnums=(0, 1), has_aux=True)(params, outputs, batch)
+        num_devices = jax.lax.psum(1, parallel.AXIS)
+        return (jax.lax.pmean(loss, parallel.AXIS), jax.lax.pmean(metrics, parallel.AXIS),
+                jax.lax.pmean(direct, parallel.AXIS),
+                jax.tree.map(lambda g: g / num_devices, d_outputs))
+
+    split = P(parallel.AXIS)
+    return jax.shard_map(per_device, mesh=mesh, in_specs=(param_specs, split, split),
+                         out_specs=(P(), P(), param_specs, split), check_vma=False)
+
+
+def make_step(method, model, config: ml_collections.ConfigDict,
+              tx: optax.GradientTransformation, schedule: Callable, mesh: Mesh,
+              shardings: PyTree) -> Callable:
+    """The jitted `(state, batch, rng) -> (state, metrics)` with the state split as `shardings`
+    (from `state_shardings`) and the batch over `data`. `model` must be built without a
+    BatchNorm axis: it runs on global arrays."""
+    parts = method.loss_parts(model, config, parallel.AXIS)
+    after_update = getattr(method, "after_update", lambda config, state: state)
+    param_specs = jax.tree.map(lambda s: s.spec, shardings.params)
+    loss_on_devices = _loss_on_devices(parts, mesh, param_specs)
+
+    def step(state, batch, rng):
+        del rng  # The split losses draw nothing.
+        outputs, pullback, new_stats = jax.vjp(
+            lambda params: parts.embed(params, state.batch_stats, batch), state.params,
+            has_aux=True)
+        outputs = jax.lax.with_sharding_constraint(outputs, NamedSharding(mesh, P(parallel.AXIS)))
+        loss, metrics, direct, d_outputs = loss_on_devices(state.params, outputs, batch)
+        grads = jax.tree.map(lambda a, b: a + b, pullback(d_outputs)[0], direct)
+        grads = jax.lax.with_sharding_constraint(grads, shardings.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new_state = state.replace(params=optax.apply_updates(state.params, updates),
+                                  opt_state=opt_state, batch_stats=new_stats)
+        new_state = after_update(config, new_state).replace(step=state.step + 1)
+        metrics = {**metrics, "loss": loss, "learning_rate": schedule(state.step)}
+        return new_state, metrics
+
+    batch_sharding = NamedSharding(mesh, P(parallel.AXIS))
+    replicated = NamedSharding(mesh, P())
+    return jax.jit(step, in_shardings=(shardings, batch_sharding, replicated),
+                   out_shardings=(shardings, replicated), donate_argnums=0)

@@ -1,0 +1,86 @@
+"""parallel="fsdp" against the shard_map step on 8 devices: the same losses and parameters for
+SimCLR (BatchNorm, LARS) and SigLIP (ring, AdamW), and about 1/D of the state per device."""
+
+import jax
+import numpy as np
+import pytest
+
+from contrastive_jax import fsdp, methods, optim, parallel, train
+
+from test_image_text import image_text_config
+from test_train import assert_trees_equal, tiny_config
+
+
+def _batches(config, count):
+    rng = np.random.default_rng(0)
+    n, size = config.batch_size, config.data.image_size
+    if config.method == "siglip":
+        return [{"image": rng.random((n, size, size, 3), np.float32),
+                 "text": rng.integers(1, 259, (n, config.data.max_text_len)).astype(np.int32)}
+                for _ in range(count)]
+    return [{"view1": rng.random((n, size, size, 3), np.float32),
+             "view2": rng.random((n, size, size, 3), np.float32),
+             "label": rng.integers(0, 10, n).astype(np.int32)} for _ in range(count)]
+
+
+def _run(config, kind, batches):
+    """Losses of each step and the final host state, from the same initial state."""
+    method, mesh = methods.get(config.method), parallel.make_mesh()
+    tx, schedule = optim.make_optimizer(config.optimizer, total_steps=config.total_steps,
+                                        batch_size=config.batch_size)
+    model = method.build_model(config, 10, None if kind == "fsdp" else parallel.AXIS)
+    host_state = jax.device_get(jax.jit(lambda: train.create_train_state(
+        method, model, config, tx, jax.random.PRNGKey(0)))())
+    rng = parallel.replicate(jax.random.PRNGKey(1), "shard_map", mesh)
+    if kind == "fsdp":
+        shardings = fsdp.state_shardings(host_state, mesh)
+        state = fsdp.shard_state(host_state, shardings)
+        step = fsdp.make_step(method, model, config, tx, schedule, mesh, shardings)
+    else:
+        state = parallel.replicate(host_state, kind, mesh)
+        step = parallel.wrap_step(train.make_train_step(method, model, config, tx, schedule),
+                                  kind, mesh)
+    losses = []
+    for batch in batches:
+        state, metrics = step(state, parallel.host_batch_to_devices(batch, "shard_map", mesh),
+                              rng)
+        losses.append(float(parallel.unreplicate(metrics, "shard_map")["loss"]))
+    return losses, jax.device_get(state)
+
+
+@pytest.mark.parametrize("config", [
+    tiny_config("simclr", batch_size=32, total_steps=3),
+    image_text_config("siglip", batch_size=32, **{"loss.siglip_impl": "ring"}),
+], ids=["simclr", "siglip"])
+def test_fsdp_equals_shard_map(config):
+    config = train.resolve_steps(config, 64)
+    batches = _batches(config, 3)
+    want_losses, want = _run(config, "shard_map", batches)
+    losses, got = _run(config, "fsdp", batches)
+    assert want_losses[-1] != want_losses[0]  # The parameters did move.
+    np.testing.assert_allclose(losses, want_losses, rtol=1e-5)
+    assert_trees_equal(got.params, want.params, rtol=1e-4, atol=1e-6)
+    assert_trees_equal(got.batch_stats, want.batch_stats, rtol=1e-4, atol=1e-6)
+
+
+def test_each_device_holds_about_an_eighth_of_the_state():
+    config = train.resolve_steps(image_text_config("clip", batch_size=32), 64)
+    method, mesh = methods.get("clip"), parallel.make_mesh()
+    tx, _ = optim.make_optimizer(config.optimizer, total_steps=3, batch_size=32)
+    model = method.build_model(config, 10, None)
+    host_state = jax.device_get(jax.jit(lambda: train.create_train_state(
+        method, model, config, tx, jax.random.PRNGKey(0)))())
+    state = fsdp.shard_state(host_state, fsdp.state_shardings(host_state, mesh))
+    total = sum(np.asarray(x).nbytes for x in jax.tree.leaves(host_state))
+    whole = sum(np.asarray(x).nbytes for x in jax.tree.leaves(host_state)
+                if fsdp.param_spec(np.shape(x), 8) == jax.sharding.PartitionSpec())
+    assert fsdp.bytes_per_device(state) == whole + (total - whole) // 8
+    assert fsdp.bytes_per_device(state) < 0.15 * total
+
+
+def test_param_spec_splits_the_largest_divisible_dimension():
+    P = jax.sharding.PartitionSpec
+    assert fsdp.param_spec((3, 3, 4, 64), 8) == P(None, None, None, "data")
+    assert fsdp.param_spec((64, 512), 8) == P(None, "data")
+    assert fsdp.param_spec((12, 8), 8) == P(None, "data")  # 12 is not divisible.
+    assert fsdp.param_spec((6, 3), 8) == P() and fsdp.param_spec((), 8) == P()
