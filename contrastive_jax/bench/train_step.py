@@ -7,9 +7,11 @@ Each case (BASE_WIDTHxIMAGE_SIZE; the base width matters for ResNets only) build
 model at that size, compiles the wrapped step, and times `--steps` steps after one warm-up step on
 random batches of the method's shapes (`batch_shapes`), or, with `--config.data.augment_on=device`,
 on views drawn on the devices every step from a resident split (the step plus its augmentation).
-Prints one JSON line per case with seconds per step and examples per second (an example = one
-image with its two views, or one image-text pair).
-MFU is left to the reader's FLOP count: XLA's cost analysis misses cuDNN convolutions on GPUs.
+Prints one JSON line per case with seconds per step, examples per second (an example = one
+image with its two views, or one image-text pair) and the training state's bytes on one device
+(`--config.parallel=fsdp` splits it over the devices). For ViT image-text configs it adds the
+analytic training FLOPs per pair (`flops.py`) and the model FLOP/s; with `--peak_tflops` (the
+device's dense peak in the config's dtype, e.g. 989 for an H100's bfloat16) also the MFU.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from contrastive_jax import device_input, methods, optim, parallel, train
+from contrastive_jax import device_input, flops, fsdp, methods, optim, parallel, train
 
 config_flags.DEFINE_config_file("config", "configs/demo.py", "Config whose model is timed.")
 flags.DEFINE_integer("steps", 5, "Timed steps per case.")
 flags.DEFINE_list("cases", [], "BASE_WIDTHxIMAGE_SIZE cases; empty: the config's own.")
 flags.DEFINE_integer("resident_examples", 50_000,
                      "Images kept on the devices when --config.data.augment_on=device.")
+flags.DEFINE_float("peak_tflops", 0.0, "Dense peak TFLOP/s of one device, for the MFU; 0: none.")
 FLAGS = flags.FLAGS
 
 
@@ -64,15 +67,25 @@ def device_batches(config, kind, mesh) -> Iterator:
 def time_step(config, steps: int) -> dict:
     """Seconds per step of the config's method's train step on random device-resident
     batches."""
-    kind, mesh = config.parallel, parallel.make_mesh()
+    mesh = parallel.make_mesh()
+    is_fsdp = config.parallel == "fsdp"
+    kind = "shard_map" if is_fsdp else config.parallel  # How batches and keys are laid out.
     method = methods.get(config.method)
-    model = method.build_model(config, 10, parallel.AXIS)
+    model = method.build_model(config, 10, None if is_fsdp else parallel.AXIS)
     tx, schedule = optim.make_optimizer(config.optimizer, total_steps=steps + 1,
                                         batch_size=config.batch_size)
-    step = parallel.wrap_step(train.make_train_step(method, model, config, tx, schedule), kind,
-                              mesh)
-    state = parallel.replicate(jax.device_get(jax.jit(lambda: train.create_train_state(
-        method, model, config, tx, jax.random.PRNGKey(0)))()), kind, mesh)
+    host_state = jax.device_get(jax.jit(lambda: train.create_train_state(
+        method, model, config, tx, jax.random.PRNGKey(0)))())
+    if is_fsdp:
+        shardings = fsdp.state_shardings(host_state, mesh)
+        state = fsdp.shard_state(host_state, shardings)
+        step = fsdp.make_step(method, model, config, tx, schedule, mesh, shardings)
+    else:
+        state = parallel.replicate(host_state, kind, mesh)
+        step = parallel.wrap_step(train.make_train_step(method, model, config, tx, schedule),
+                                  kind, mesh)
+    state_bytes = fsdp.bytes_per_device(state) if kind == "shard_map" else sum(
+        np.asarray(x).nbytes for x in jax.tree.leaves(host_state))
     batches = device_batches(config, kind, mesh)
     key = parallel.replicate(jax.random.PRNGKey(1), kind, mesh)
     state, metrics = step(state, next(batches), key)
@@ -82,8 +95,17 @@ def time_step(config, steps: int) -> dict:
         state, metrics = step(state, next(batches), key)
     jax.block_until_ready(metrics)
     seconds = (time.perf_counter() - start) / steps
-    return {"seconds_per_step": round(seconds, 4),
-            "examples_per_sec": round(config.batch_size / seconds, 1)}
+    row = {"seconds_per_step": round(seconds, 4),
+           "examples_per_sec": round(config.batch_size / seconds, 1),
+           "state_mb_per_device": round(state_bytes / 2**20, 2)}
+    if getattr(method, "IMAGE_TEXT", False) and config.model.name == "vit":
+        per_example = flops.image_text_train_flops(config)
+        per_device = per_example * config.batch_size / seconds / jax.device_count()
+        row["train_gflops_per_example"] = round(per_example / 1e9, 2)
+        row["model_tflops_per_sec_per_device"] = round(per_device / 1e12, 3)
+        if FLAGS.peak_tflops > 0:
+            row["mfu"] = round(per_device / (FLAGS.peak_tflops * 1e12), 4)
+    return row
 
 
 def main(argv) -> None:
