@@ -2,7 +2,9 @@
 
 Only process 0 writes; every process may call. `metrics.jsonl` holds one JSON object per logged
 step (DESIGN: at least `step`, `loss`, `learning_rate`, `examples_per_sec`; evaluation results
-such as `knn_top1`), appended so that a resumed run continues the same file.
+such as `knn_top1`), appended so that a resumed run continues the same file. A resumed run
+first drops the rows of the steps it will run again (those after the restored checkpoint) and a
+partial last line left by a crash, so the file never holds a step twice.
 """
 
 from __future__ import annotations
@@ -47,14 +49,19 @@ def progress_line(step: int, total_steps: int, metrics: Mapping[str, float],
 
 
 class MetricWriter:
-    """Appends metrics to DIR/metrics.jsonl and DIR's TensorBoard events (process 0 only)."""
+    """Appends metrics to DIR/metrics.jsonl and DIR's TensorBoard events (process 0 only).
 
-    def __init__(self, workdir: str):
+    `start_step` is the step the run starts from (the restored checkpoint's, 0 for a new run):
+    rows logged after it are dropped, since the run logs those steps again.
+    """
+
+    def __init__(self, workdir: str, start_step: int = 0):
         self._primary = jax.process_index() == 0
         self._path = os.path.join(workdir, "metrics.jsonl")
         self._summary = None
         if self._primary:
             os.makedirs(workdir, exist_ok=True)
+            _keep_rows_up_to(self._path, start_step)
             import tensorflow as tf
             self._summary = tf.summary.create_file_writer(workdir)
 
@@ -81,10 +88,36 @@ class MetricWriter:
             self._summary.close()
 
 
+def _parse_rows(path: str) -> list[dict]:
+    """The rows of a metrics.jsonl that parse; a line cut short by a crash is skipped."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                logging.warning("%s:%d is not a JSON row (cut short by a crash?); skipped",
+                                path, number)
+    return rows
+
+
+def _keep_rows_up_to(path: str, start_step: int) -> None:
+    """Rewrites `path` (atomically) with its whole rows of steps <= start_step; of none if the
+    run starts from scratch (step 0), whose start-of-run evaluation is logged again."""
+    if not os.path.exists(path):
+        return
+    rows = [row for row in _parse_rows(path)
+            if start_step > 0 and isinstance(row.get("step"), int) and row["step"] <= start_step]
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    os.replace(path + ".tmp", path)
+
+
 def read_metrics(workdir: str) -> list[dict]:
-    """All rows of DIR/metrics.jsonl (empty if none yet)."""
+    """All rows of DIR/metrics.jsonl (empty if none yet); a partial last line is skipped."""
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):
         return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return _parse_rows(path)

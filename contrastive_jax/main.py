@@ -3,12 +3,15 @@
 Starts jax.distributed when the run spans several processes (TPU pods and SLURM find their peers
 by themselves; elsewhere pass --coordinator_address, --num_processes and --process_id, or the
 JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables), then trains and
-evaluates. Bad input ends the run with one line naming the problem and exit status 1.
+evaluates. Bad input ends the run with one `error:` line naming the problem and exit status 1;
+a SIGTERM ends it with status 0, after saving a checkpoint once training has begun.
 """
 
 from __future__ import annotations
 
+import gc
 import os
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -72,9 +75,67 @@ def summary_table(workdir: str) -> str:
     return "\n".join(lines)
 
 
+def fail(error: BaseException | str) -> None:
+    """Ends the run with one `error: ...` line on stderr and exit status 1. Of a message of
+    several lines (a traceback inside a config file's error) the last says what went wrong.
+
+    The line is the last output: the tasks of a failed Orbax save log their errors when they
+    are collected, and the interpreter's shutdown warns of their coroutines, so collect them
+    first and leave without that shutdown (the saves have been waited for).
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    gc.collect()
+    sys.stdout.flush()
+    print(f"error: {lines[-1] if lines else type(error).__name__}", file=sys.stderr, flush=True)
+    os._exit(1)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a bad flag, config file or config override reported by `fail`.
+
+    ml_collections raises AttributeError for an unknown `--config.key`, and keeps the error of a
+    config file that does not load until the config is first read: reading it here surfaces it.
+    """
+    try:
+        rest = FLAGS(argv)
+        FLAGS.config.get("method")
+    except (AttributeError, KeyError) as error:
+        fail(f"unknown config key {_unknown_key(error)}")
+    except OSError as error:
+        fail(f"cannot load --config={config_flags.get_config_filename(FLAGS['config'])}: "
+             f"{str(error).strip().splitlines()[-1].strip()}")
+    except Exception as error:  # flags.Error, a config file that raises, a bad value type.
+        fail(error)
+    return rest
+
+
+def _unknown_key(error: BaseException) -> str:
+    """`'nosuchkey'` and ml_collections' suggestion, from its KeyError (maybe inside an
+    AttributeError), whose message is a quoted key and a "Did you mean" line."""
+    while error.args and isinstance(error.args[0], BaseException):
+        error = error.args[0]
+    lines = str(error.args[0] if error.args else error).splitlines()
+    return "; ".join(line.strip() for line in lines if line.strip())
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    """SIGTERM before the training loop began: there is nothing new to save, so stop now.
+    (Once it begins, train.py's handler takes over and saves first.)"""
+    del signum, frame
+    logging.warning("SIGTERM before training began: nothing new to save; exiting")
+    sys.exit(0)
+
+
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    from contrastive_jax import train
+    try:  # Before TensorFlow and JAX start: a bad field or workdir fails in a second.
+        train.check_fields(FLAGS.config)
+        train.check_workdir(FLAGS.workdir)
+    except ValueError as error:
+        fail(error)
     import tensorflow as tf
     tf.config.set_visible_devices([], "GPU")  # tf.data only; the accelerators belong to JAX.
     # Orbax reports every save step by step at INFO; keep the progress lines readable.
@@ -82,16 +143,14 @@ def main(argv) -> None:
         lambda record: record.levelno >= logging.WARNING or "orbax" not in record.pathname)
     initialize_distributed()
 
-    from contrastive_jax import train
     import jax
     logging.info("JAX %s: process %d of %d, %d local / %d global devices (%s)", jax.__version__,
                  jax.process_index(), jax.process_count(), jax.local_device_count(),
                  jax.device_count(), jax.devices()[0].platform)
     try:
         results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (ValueError, FloatingPointError) as error:  # input_pipeline.DataError included
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+    except (ValueError, FloatingPointError, OSError) as error:  # DataError, CheckpointError
+        fail(error)
     if "preempted_at" in results:
         print(f"preempted: checkpoint saved at step {results['preempted_at']}; run the same "
               "command again to resume", flush=True)
@@ -100,4 +159,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import tempfile
 import time
 from typing import Any, Callable, Iterator
 
@@ -34,10 +36,15 @@ from contrastive_jax.logging import MetricWriter
 # config.json differs in any of them is refused rather than silently restored.
 CHECKPOINT_DEFINING_KEYS = ("method", "model", "optimizer.name", "data.image_size")
 AUGMENT_ON = ("host", "device")  # Where training views are drawn: tf.data, or the accelerators.
+SAVE_TIMEOUT_SECONDS = 600  # Orbax's background commit of one checkpoint (its default: 1200).
 
 
 class ConfigMismatchError(ValueError):
     """The workdir holds checkpoints of another config."""
+
+
+class CheckpointError(ValueError):
+    """No checkpoint in the workdir restores, or a checkpoint cannot be written."""
 
 
 @flax.struct.dataclass
@@ -66,8 +73,37 @@ def resolve_steps(config: ml_collections.ConfigDict, num_train_examples: int
     return config
 
 
+# Config fields that must be >= 1: a 0 would divide by zero in the loop, draw no pixels, or
+# (keep_checkpoints) make Orbax delete every checkpoint it writes.
+POSITIVE_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints", "data.image_size")
+
+
+def check_fields(config: ml_collections.ConfigDict) -> None:
+    """The checks of `validate` that need neither the devices nor the data, so the command line
+    can make them before it starts JAX or reads anything."""
+    for key in POSITIVE_FIELDS:
+        value = _lookup(config, key)
+        if value is not None and value < 1:
+            raise ValueError(f"config.{key} must be >= 1, got {value}")
+
+
+def check_workdir(workdir: str) -> None:
+    """Creates DIR and DIR/checkpoints, or refuses a path that is a file or cannot be written,
+    before any work is done that could not be saved."""
+    for path in (workdir, os.path.join(workdir, "checkpoints")):
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ValueError(f"{path} is a file, not a directory; use another --workdir")
+        try:
+            os.makedirs(path, exist_ok=True)
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        except OSError as error:
+            raise ValueError(f"cannot write to {path}: {error.strerror or error}") from error
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Refuses configs that cannot run, with a message naming the field."""
+    check_fields(config)
     if config.parallel not in parallel.KINDS:
         raise ValueError(f"config.parallel must be one of {parallel.KINDS}, got "
                          f"{config.parallel!r}")
@@ -140,9 +176,12 @@ def make_train_step(method, model, config, tx, schedule) -> Callable:
     return step
 
 
-def _check_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-    """Writes DIR/config.json, or refuses a workdir whose checkpoints came from another config."""
+def _check_workdir_config(workdir: str, config: ml_collections.ConfigDict
+                          ) -> ml_collections.ConfigDict | None:
+    """Writes DIR/config.json, or refuses a workdir whose checkpoints came from another config.
+    Returns the config that was there before (None for a new workdir)."""
     path = os.path.join(workdir, "config.json")
+    saved = None
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             saved = ml_collections.ConfigDict(json.load(f))
@@ -157,6 +196,7 @@ def _check_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> No
         with open(path + ".tmp", "w", encoding="utf-8") as f:
             f.write(config.to_json(indent=2))
         os.replace(path + ".tmp", path)
+    return saved
 
 
 def _lookup(config: ml_collections.ConfigDict, dotted: str):
@@ -167,34 +207,65 @@ def _lookup(config: ml_collections.ConfigDict, dotted: str):
 
 
 class _Preemption:
-    """Records SIGTERM so the loop can save at the current step and exit cleanly."""
+    """Says at which step to save and stop after a SIGTERM; every process gets the same answer.
+
+    One process: a handler records the signal, and the loop stops after the current step.
+    Several: jax.distributed.initialize installed JAX's own SIGTERM handler, which tells the
+    coordination service; `reached_preemption_sync_point(step)` is then True at the same step
+    (the largest step any process had reached, plus one) on every process. A Python handler
+    there would hide the signal from JAX: the signalled process would stop alone and the others
+    would wait for it in the next collective forever.
+    """
 
     def __init__(self):
         self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self._multi_process = jax.process_count() > 1
+        if not self._multi_process:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
         del signum, frame
         self.requested = True
 
     def reached(self, step: int) -> bool:
-        if jax.process_count() > 1:
+        """Whether to save and stop after `step`; call it at every step, on every process."""
+        if self._multi_process:
             from jax.experimental import multihost_utils
-            return self.requested or multihost_utils.reached_preemption_sync_point(step)
+            return multihost_utils.reached_preemption_sync_point(step)
         return self.requested
 
     def restore(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        if not self._multi_process:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _one_line(error: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (Orbax and TensorStore write several), shortened in
+    the middle: the start says what failed, the end why (TensorStore's OS error)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    half = limit // 2
+    return text if len(text) <= limit else f"{text[:half]} ... {text[-half:]}"
+
+
+def _set_aside_path(workdir: str, step: int) -> str:
+    """A new path under DIR/unrestorable_checkpoints/ for the checkpoint of `step`."""
+    base = os.path.join(workdir, "unrestorable_checkpoints", str(step))
+    path, n = base, 1
+    while os.path.exists(path):
+        path, n = f"{base}.{n}", n + 1
+    return path
 
 
 class Trainer:
     """Holds what one run needs: the model, the wrapped step, the checkpoint manager."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+        check_fields(config)
         from contrastive_jax import input_pipeline
         self.info = input_pipeline.dataset_info(config.data)
         self.config = config = resolve_steps(config, self.info.num_train_examples)
         validate(config)
+        check_workdir(workdir)
         if config.eval.linear_eval:
             from contrastive_jax import linear_eval
             linear_eval.validate(config, self.info.num_classes)
@@ -211,43 +282,103 @@ class Trainer:
         self.is_image_text = getattr(self.method, "IMAGE_TEXT", False)
         self.extractors = self._make_extractors(
             self.method.build_model(config, self.info.num_classes, None))
-        _check_workdir_config(workdir, config)
+        if config.batch_size > self.info.num_train_examples > 0:
+            absl_logging.warning(
+                "the global batch (%d) is larger than the training set (%d examples): every "
+                "batch repeats examples", config.batch_size, self.info.num_train_examples)
+        self.saved_config = _check_workdir_config(workdir, config)
+        # Directories are made in the calling thread, so a full or read-only disk raises at the
+        # save that meets it instead of leaving Orbax's writer threads waiting for a directory
+        # signal that never comes; the background commit gets a bounded time.
         self.checkpoints = ocp.CheckpointManager(
             os.path.join(os.path.abspath(workdir), "checkpoints"),
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=config.get("keep_checkpoints", 3), create=True,
-                enable_async_checkpointing=True))
+                enable_async_checkpointing=True,
+                async_options=ocp.options.AsyncOptions(
+                    timeout_secs=SAVE_TIMEOUT_SECONDS, create_directories_asynchronously=False)))
 
     # -- state in host / device / checkpoint form ------------------------------------------------
 
     def initial_state(self) -> TrainState:
-        """The newest checkpoint's state if there is one, else a fresh one; on the devices."""
+        """The newest checkpoint that restores, else a fresh state; on the devices.
+
+        Newer checkpoints that do not restore (truncated or garbled files) are moved to
+        DIR/unrestorable_checkpoints/ with a warning, so that the steps they held are trained
+        and saved again. If none restores (another model's checkpoints), nothing is moved and
+        the run is refused.
+        """
         init = lambda: create_train_state(self.method, self.model, self.config, self.tx,
                                           jax.random.PRNGKey(self.config.seed))
-        latest = self.checkpoints.latest_step()
-        if latest is None:
+        steps = sorted(self.checkpoints.all_steps(), reverse=True)
+        if not steps:
             return parallel.replicate(jax.device_get(jax.jit(init)()), self.kind, self.mesh)
         replicated = NamedSharding(self.mesh, PartitionSpec())
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                                                sharding=replicated),
                                 jax.eval_shape(init))
-        try:
-            restored = self.checkpoints.restore(latest, args=ocp.args.StandardRestore(abstract))
-        except (ValueError, KeyError) as error:
-            raise ConfigMismatchError(
-                f"checkpoint {latest} in {self.workdir} does not fit this config: {error}"
-            ) from error
-        absl_logging.info("Restored checkpoint at step %d", latest)
+        failures: dict[int, str] = {}
+        for step in steps:
+            try:
+                restored = self.checkpoints.restore(step, args=ocp.args.StandardRestore(abstract))
+                break
+            except Exception as error:  # Orbax and TensorStore raise many kinds.
+                failures[step] = _one_line(error, limit=200)
+        else:
+            raise CheckpointError(
+                f"no checkpoint in {self.checkpoints.directory} restores with this config ("
+                + "; ".join(f"step {s}: {message}" for s, message in failures.items())
+                + "); checkpoints of another model? use a new --workdir")
+        if failures:
+            self._set_aside(failures)
+        self._warn_if_batch_size_changed(step)
+        absl_logging.info("Restored checkpoint at step %d", step)
         if self.kind == "shard_map":
             return restored
         return parallel.replicate(parallel.unreplicate(restored, "shard_map"), "pmap", self.mesh)
+
+    def _set_aside(self, failures: dict[int, str]) -> None:
+        """Moves the checkpoints of these steps out of DIR/checkpoints (process 0), warning."""
+        for step, message in failures.items():
+            target = _set_aside_path(self.workdir, step)
+            absl_logging.warning("checkpoint %d does not restore (%s); moved it to %s and "
+                                 "resuming from the previous one", step, message, target)
+            if jax.process_index() == 0:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                shutil.move(os.path.join(self.checkpoints.directory, str(step)), target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("contrastive_jax: unrestorable checkpoints moved")
+        self.checkpoints.reload()
+
+    def _warn_if_batch_size_changed(self, step: int) -> None:
+        old = self.saved_config.get("batch_size") if self.saved_config else None
+        if old is not None and old != self.config.batch_size:
+            absl_logging.warning(
+                "resuming from step %d with global batch %d; the workdir's run used %d: the "
+                "learning-rate schedule and the batches differ from a run that was never "
+                "stopped", step, self.config.batch_size, old)
 
     def save(self, state: TrainState, step: int) -> None:
         """Saves a checkpoint (atomically, in the background) of the replicated state."""
         if self.kind == "pmap":
             state = parallel.replicate(parallel.unreplicate(state, "pmap"), "shard_map",
                                        self.mesh)
-        self.checkpoints.save(step, args=ocp.args.StandardSave(state))
+        try:
+            self.checkpoints.save(step, args=ocp.args.StandardSave(state))
+        except Exception as error:  # Also a failure of the previous save, surfaced here.
+            raise self._save_error(error) from error
+
+    def wait_for_saves(self) -> None:
+        """Blocks until the background saves are on disk; raises CheckpointError if one failed."""
+        try:
+            self.checkpoints.wait_until_finished()
+        except Exception as error:
+            raise self._save_error(error) from error
+
+    def _save_error(self, error: Exception) -> CheckpointError:
+        return CheckpointError(f"cannot write a checkpoint in {self.checkpoints.directory} "
+                               f"(disk full or read-only?): {_one_line(error)}")
 
     # -- evaluation ------------------------------------------------------------------------------
 
@@ -363,7 +494,7 @@ class Trainer:
         config = self.config
         state = self.initial_state()
         start = int(parallel.unreplicate(state.step, self.kind))
-        writer = MetricWriter(self.workdir)
+        writer = MetricWriter(self.workdir, start_step=start)
         evaluating = config.eval_every >= 0
         if start == 0 and evaluating and config.eval_at_start:
             writer.write(0, self.evaluate(state))
@@ -408,9 +539,11 @@ class Trainer:
                 writer.write(config.total_steps, results)
                 last.update(results)
         finally:
-            self.checkpoints.wait_until_finished()
-            preemption.restore()
-            writer.close()
+            try:
+                self.wait_for_saves()
+            finally:
+                preemption.restore()
+                writer.close()
         return last
 
 
