@@ -26,7 +26,7 @@ import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 from jax.sharding import NamedSharding, PartitionSpec
 
-from contrastive_jax import evaluate, grad_cache, methods, optim, parallel
+from contrastive_jax import evaluate, fsdp, grad_cache, methods, optim, parallel
 from contrastive_jax.logging import MetricWriter
 
 # input_pipeline (TensorFlow) is imported where data is read, not at module level, so the state
@@ -36,6 +36,8 @@ from contrastive_jax.logging import MetricWriter
 # config.json differs in any of them is refused rather than silently restored.
 CHECKPOINT_DEFINING_KEYS = ("method", "model", "optimizer.name", "data.image_size")
 AUGMENT_ON = ("host", "device")  # Where training views are drawn: tf.data, or the accelerators.
+# How the step runs: one per-device function (parallel.py), or the state split over the devices.
+PARALLEL = (*parallel.KINDS, "fsdp")
 SAVE_TIMEOUT_SECONDS = 600  # Orbax's background commit of one checkpoint (its default: 1200).
 
 
@@ -104,9 +106,8 @@ def check_workdir(workdir: str) -> None:
 def validate(config: ml_collections.ConfigDict) -> None:
     """Refuses configs that cannot run, with a message naming the field."""
     check_fields(config)
-    if config.parallel not in parallel.KINDS:
-        raise ValueError(f"config.parallel must be one of {parallel.KINDS}, got "
-                         f"{config.parallel!r}")
+    if config.parallel not in PARALLEL:
+        raise ValueError(f"config.parallel must be one of {PARALLEL}, got {config.parallel!r}")
     if "temperature" in config.loss and config.loss.temperature <= 0:
         raise ValueError(f"config.loss.temperature must be > 0, got {config.loss.temperature}")
     if config.total_steps <= 0:
@@ -122,6 +123,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if hasattr(method, "validate"):
         method.validate(config)
     grad_cache.validate(config, method, jax.device_count())
+    fsdp.validate(config, method)
 
 
 def create_train_state(method, model, config: ml_collections.ConfigDict,
@@ -270,15 +272,27 @@ class Trainer:
             from contrastive_jax import linear_eval
             linear_eval.validate(config, self.info.num_classes)
         self.workdir = workdir
-        self.kind = config.parallel
+        self.is_fsdp = config.parallel == "fsdp"
+        # How batches, keys and metrics are laid out: fsdp uses shard_map's global arrays.
+        self.kind = "shard_map" if self.is_fsdp else config.parallel
         self.mesh = parallel.make_mesh()
         self.method = methods.get(config.method)
-        self.model = self.method.build_model(config, self.info.num_classes, parallel.AXIS)
+        # Under fsdp the model runs on global arrays: BatchNorm needs no axis to see them all.
+        self.model = self.method.build_model(config, self.info.num_classes,
+                                             None if self.is_fsdp else parallel.AXIS)
         self.tx, self.schedule = optim.make_optimizer(
             config.optimizer, total_steps=config.total_steps, batch_size=config.batch_size)
-        self.train_step = parallel.wrap_step(
-            make_train_step(self.method, self.model, config, self.tx, self.schedule),
-            self.kind, self.mesh)
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+        self.state_shardings = (
+            fsdp.state_shardings(jax.eval_shape(self._fresh_state), self.mesh) if self.is_fsdp
+            else jax.tree.map(lambda _: replicated, jax.eval_shape(self._fresh_state)))
+        if self.is_fsdp:
+            self.train_step = fsdp.make_step(self.method, self.model, config, self.tx,
+                                             self.schedule, self.mesh, self.state_shardings)
+        else:
+            self.train_step = parallel.wrap_step(
+                make_train_step(self.method, self.model, config, self.tx, self.schedule),
+                self.kind, self.mesh)
         self.is_image_text = getattr(self.method, "IMAGE_TEXT", False)
         self.extractors = self._make_extractors(
             self.method.build_model(config, self.info.num_classes, None))
@@ -308,15 +322,15 @@ class Trainer:
         and saved again. If none restores (another model's checkpoints), nothing is moved and
         the run is refused.
         """
-        init = lambda: create_train_state(self.method, self.model, self.config, self.tx,
-                                          jax.random.PRNGKey(self.config.seed))
         steps = sorted(self.checkpoints.all_steps(), reverse=True)
+        if not steps and self.is_fsdp:  # Made split: the whole state need not fit on a device.
+            return jax.jit(self._fresh_state, out_shardings=self.state_shardings)()
         if not steps:
-            return parallel.replicate(jax.device_get(jax.jit(init)()), self.kind, self.mesh)
-        replicated = NamedSharding(self.mesh, PartitionSpec())
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                                               sharding=replicated),
-                                jax.eval_shape(init))
+            return parallel.replicate(jax.device_get(jax.jit(self._fresh_state)()), self.kind,
+                                      self.mesh)
+        abstract = jax.tree.map(
+            lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+            jax.eval_shape(self._fresh_state), self.state_shardings)
         failures: dict[int, str] = {}
         for step in steps:
             try:
@@ -336,6 +350,10 @@ class Trainer:
         if self.kind == "shard_map":
             return restored
         return parallel.replicate(parallel.unreplicate(restored, "shard_map"), "pmap", self.mesh)
+
+    def _fresh_state(self) -> TrainState:
+        return create_train_state(self.method, self.model, self.config, self.tx,
+                                  jax.random.PRNGKey(self.config.seed))
 
     def _set_aside(self, failures: dict[int, str]) -> None:
         """Moves the checkpoints of these steps out of DIR/checkpoints (process 0), warning."""
@@ -408,6 +426,9 @@ class Trainer:
         """kNN and linear-probe accuracy of the encoder's features (image methods), or zero-shot
         accuracy and retrieval recall (image-text methods), on the evaluation split."""
         variables = {"params": state.params, "batch_stats": state.batch_stats}
+        if self.is_fsdp:  # The evaluation functions take the variables whole on every device.
+            variables = jax.jit(lambda tree: tree, out_shardings=NamedSharding(
+                self.mesh, PartitionSpec()))(variables)
         if self.is_image_text:
             return self._evaluate_image_text(variables)
         from contrastive_jax import input_pipeline

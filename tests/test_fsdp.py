@@ -1,6 +1,9 @@
 """parallel="fsdp" against the shard_map step on 8 devices: the same losses and parameters for
 SimCLR (BatchNorm, LARS) and SigLIP (ring, AdamW), and about 1/D of the state per device."""
 
+import os
+import shutil
+
 import jax
 import numpy as np
 import pytest
@@ -8,7 +11,7 @@ import pytest
 from contrastive_jax import fsdp, methods, optim, parallel, train
 
 from test_image_text import image_text_config
-from test_train import assert_trees_equal, tiny_config
+from test_train import assert_trees_equal, final_params, tiny_config
 
 
 def _batches(config, count):
@@ -48,12 +51,15 @@ def _run(config, kind, batches):
     return losses, jax.device_get(state)
 
 
-@pytest.mark.parametrize("config", [
-    tiny_config("simclr", batch_size=32, total_steps=3),
-    image_text_config("siglip", batch_size=32, **{"loss.siglip_impl": "ring"}),
-], ids=["simclr", "siglip"])
-def test_fsdp_equals_shard_map(config):
-    config = train.resolve_steps(config, 64)
+def test_fsdp_step_equals_shard_map_with_batchnorm_and_the_siglip_ring():
+    """SimCLR's ResNet (BatchNorm over the global batch, LARS) and SigLIP's ring inside the
+    shard_map over the embeddings: 3 steps of each path from one state."""
+    for config in (tiny_config("simclr", batch_size=32, total_steps=3),
+                   image_text_config("siglip", batch_size=32, **{"loss.siglip_impl": "ring"})):
+        _check_fsdp_equals_shard_map(train.resolve_steps(config, 64))
+
+
+def _check_fsdp_equals_shard_map(config):
     batches = _batches(config, 3)
     want_losses, want = _run(config, "shard_map", batches)
     losses, got = _run(config, "fsdp", batches)
@@ -84,3 +90,22 @@ def test_param_spec_splits_the_largest_divisible_dimension():
     assert fsdp.param_spec((64, 512), 8) == P(None, "data")
     assert fsdp.param_spec((12, 8), 8) == P(None, "data")  # 12 is not divisible.
     assert fsdp.param_spec((6, 3), 8) == P() and fsdp.param_spec((), 8) == P()
+
+
+def test_training_under_fsdp_equals_shard_map_and_resumes_exactly(tmp_path):
+    """The whole loop: 4 CLIP steps with evaluations under fsdp end with the shard_map run's
+    parameters and evaluation results; resumed from its step-2 checkpoint, the fsdp run ends
+    where it ended uninterrupted."""
+    config = lambda kind: image_text_config("clip", parallel=kind, total_steps=4,  # noqa: E731
+                                            eval_every=0)
+    runs = {kind: str(tmp_path / kind) for kind in ("shard_map", "fsdp")}
+    results = {kind: train.train_and_evaluate(config(kind), workdir)
+               for kind, workdir in runs.items()}
+    assert results["fsdp"]["zeroshot_top1"] == results["shard_map"]["zeroshot_top1"]
+    assert_trees_equal(final_params(runs["fsdp"])[1], final_params(runs["shard_map"])[1],
+                       rtol=1e-4, atol=1e-6)
+    resumed = shutil.copytree(runs["fsdp"], str(tmp_path / "resumed"))
+    shutil.rmtree(os.path.join(resumed, "checkpoints", "4"))
+    train.train_and_evaluate(config("fsdp"), resumed)
+    assert final_params(resumed)[0] == 4
+    assert_trees_equal(final_params(resumed)[1], final_params(runs["fsdp"])[1])
