@@ -80,13 +80,15 @@ def fail(error: BaseException | str) -> None:
     several lines (a traceback inside a config file's error) the last says what went wrong.
 
     The line is the last output: the tasks of a failed Orbax save log their errors when they
-    are collected, and the interpreter's shutdown warns of their coroutines, so collect them
-    first and leave without that shutdown (the saves have been waited for).
+    are collected, and its background threads may still be printing, so collect them first,
+    point stderr at /dev/null once the line is out, and leave without the interpreter's
+    shutdown (the saves have been waited for).
     """
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     gc.collect()
     sys.stdout.flush()
     print(f"error: {lines[-1] if lines else type(error).__name__}", file=sys.stderr, flush=True)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
     os._exit(1)
 
 

@@ -230,10 +230,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_two_processes(workdir: str, signal_ids: list[int]) -> list[tuple[int, str, str]]:
+def run_two_processes(workdir: str, signal_ids: list[int],
+                      cache: str) -> list[tuple[int, str, str]]:
     """The CLI as 2 processes of 1 CPU device each; once process 0 has logged 3 steps, SIGTERM
-    goes to the processes in `signal_ids`, 0.6 s apart. Returns (exit status, stdout, stderr)."""
-    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    goes to the processes in `signal_ids`, 0.6 s apart. Returns (exit status, stdout, stderr).
+    Compiled programs go to JAX's persistent cache in `cache`, so a second run skips compiling."""
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=cache,
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     port = free_port()
     args = ["--config.data.source=synthetic", "--config.data.synthetic_num_examples=64",
             "--config.data.image_size=8", "--config.model.base_width=2",
@@ -272,11 +276,12 @@ def saved_step(result) -> int:
 
 def test_sigterm_to_one_or_both_of_two_processes_saves_one_agreed_step(tmp_path):
     workdir = str(tmp_path / "run")
-    first = run_two_processes(workdir, signal_ids=[1])
+    cache = str(tmp_path / "jax_cache")
+    first = run_two_processes(workdir, signal_ids=[1], cache=cache)
     step = saved_step(first[0])
     assert step >= 3 and saved_step(first[1]) == step
     assert ocp.CheckpointManager(os.path.join(workdir, "checkpoints")).all_steps() == [step]
-    resumed = run_two_processes(workdir, signal_ids=[0, 1])
+    resumed = run_two_processes(workdir, signal_ids=[0, 1], cache=cache)
     assert f"Restored checkpoint at step {step}" in resumed[0][2]
     again = saved_step(resumed[0])
     assert again > step and saved_step(resumed[1]) == again
