@@ -46,3 +46,52 @@ def test_two_hosts_compute_the_single_process_loss_and_gradient():
         np.testing.assert_allclose(loss, want_loss, rtol=1e-5, err_msg=key)
         np.testing.assert_allclose(grad, want_grad, rtol=1e-5, err_msg=key)
     assert set(outputs[0]) == {f"{n}/{k}" for n in worker.LOSSES for k in ("pmap", "shard_map")}
+
+
+TRAIN_ARGS = ["--config=configs/demo.py", "--config.data.source=synthetic",
+              "--config.data.synthetic_num_examples=64", "--config.data.image_size=8",
+              "--config.model.base_width=2", "--config.batch_size=8", "--config.total_steps=3",
+              "--config.checkpoint_every=3", "--config.eval_every=-1",
+              "--config.optimizer.warmup_steps=1", "--config.data.augment_on=device"]
+
+
+def train_cli(workdir: str, num_processes: int) -> None:
+    """The training CLI on 2 CPU devices: one process holding both, or two holding one each."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={2 // num_processes}")
+    port = free_port()
+    distributed = lambda i: ([f"--coordinator_address=127.0.0.1:{port}",  # noqa: E731
+                              f"--num_processes={num_processes}", f"--process_id={i}"]
+                             if num_processes > 1 else [])
+    procs = [subprocess.Popen([sys.executable, "-m", "contrastive_jax.main",
+                               f"--workdir={workdir}", *TRAIN_ARGS, *distributed(i)],
+                              cwd=Path(__file__).parents[1], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for i in range(num_processes)]
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr[-3000:]
+
+
+def test_two_processes_train_as_one_process_with_the_same_devices(tmp_path):
+    """augment_on=device draws each batch from one global order by (seed, epoch, index), so a
+    run on 2 processes x 1 device ends with the parameters of a run on 1 process x 2 devices.
+    (With augment_on=host each process reads its own shard of the files, so the order depends
+    on the process count, as in big_vision.)"""
+    import orbax.checkpoint as ocp
+
+    on_this_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    params = {}
+    for num_processes in (1, 2):
+        workdir = str(tmp_path / f"processes_{num_processes}")
+        train_cli(workdir, num_processes)
+        assert ocp.CheckpointManager(os.path.join(workdir, "checkpoints")).latest_step() == 3
+        # Saved over other devices: restored onto this process's first.
+        path = os.path.join(workdir, "checkpoints", "3", "default")
+        checkpointer = ocp.StandardCheckpointer()
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype,
+                                                             sharding=on_this_device),
+                              checkpointer.metadata(path).item_metadata)
+        params[num_processes] = checkpointer.restore(path, target)["params"]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 params[1], params[2])
