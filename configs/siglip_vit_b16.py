@@ -8,8 +8,10 @@
 Batch 32,768; the sigmoid loss with learnable t' = log 10 and b = -10, computed with the ring
 implementation (text blocks passed between devices, never the global logits); AdamW with
 beta2 0.95, lr 1e-3, weight decay 1e-4, 5,000 warmup steps then cosine decay. Towers: ViT-B/16
-at 224x224 (average pooling) and a 12-layer, 768-wide bidirectional text transformer over 16
-tokens, pooled at its last token, projected to 768; bfloat16 compute. WebLI is not public: the default source is TFDS
+at 224x224 (average pooling) and a 12-layer, 768-wide bidirectional text transformer over 64
+tokens, pooled at its last token, projected to 768; bfloat16 compute. AdamW's weight decay is
+big_vision's decoupled form (`optimizer.weight_decay_mode = "decoupled"`: 1e-4 of each kernel per
+step times the schedule's multiplier, not times the learning rate). WebLI is not public: the default source is TFDS
 coco_captions; zero-shot top-1 is measured on eval.zeroshot_source (ImageNet by default).
 """
 
@@ -19,7 +21,9 @@ from contrastive_jax import config_defaults
 def get_config(arg=None):
     del arg
     config = config_defaults.image_text_b16("siglip")
-    config.data.max_text_len = 16
+    # The public SigLIP B/16 models read 64 tokens. With the default byte tokenizer (BOS and EOS
+    # take 2) that keeps 62 bytes: most COCO captions whole (16 would keep 14 bytes).
+    config.data.max_text_len = 64
 
     config.model.pool = "gap"
     config.model.embed_dim = 768

@@ -61,6 +61,7 @@ def base(method: str = "simclr") -> ml_collections.ConfigDict:
     config.optimizer.learning_rate = 0.3  # Base, before lr_scaling.
     config.optimizer.lr_scaling = "linear"  # base * B / 256 | "sqrt": base * sqrt(B) | "none"
     config.optimizer.weight_decay = 1e-6
+    config.optimizer.weight_decay_mode = "lr_scaled"  # AdamW: or "decoupled" (big_vision)
     config.optimizer.momentum = 0.9
     config.optimizer.b1 = 0.9
     config.optimizer.b2 = 0.999
@@ -151,12 +152,15 @@ def _add_image_text_fields(config: ml_collections.ConfigDict, method: str) -> No
     config.optimizer.learning_rate = 5e-4
     config.optimizer.lr_scaling = "none"
     config.optimizer.weight_decay = 0.2 if method == "clip" else 1e-4
+    # SigLIP's decay is big_vision's: a fraction per step, not multiplied by the learning rate.
+    config.optimizer.weight_decay_mode = "lr_scaled" if method == "clip" else "decoupled"
     config.optimizer.b2 = 0.98 if method == "clip" else 0.95
     config.optimizer.eps = 1e-6
     config.optimizer.grad_clip_norm = 1.0
 
     config.eval.captions_per_image = 5  # Retrieval on caption datasets.
     config.eval.zeroshot_source = ""  # Labelled source for zero-shot; "": data.source.
+    config.eval.zeroshot_split = ""  # Its split; "": data.eval_split.
 
 
 # size: (ViT variant, ViT depth, text width, text depth, epochs)
@@ -224,4 +228,5 @@ def image_text_b16(method: str) -> ml_collections.ConfigDict:
 
     config.eval.batch_size = 4096
     config.eval.zeroshot_source = "tfds:imagenet2012"
+    config.eval.zeroshot_split = "validation"  # TFDS's name; coco_captions' eval split is "val".
     return config

@@ -6,7 +6,8 @@ Captions come from one of two places:
   coco_captions, which holds several captions per image, or "caption" for one per image): each
   epoch, one of the example's captions is drawn;
 - the class name, when caption_key is "" (labelled sources: folder, demo, synthetic, labelled
-  TFDS): one of PROMPT_TEMPLATES is drawn and filled with it.
+  TFDS): one of `zeroshot.TRAIN_TEMPLATES` is drawn and filled with it (zero-shot evaluation
+  prompts with the held-out `zeroshot.EVAL_TEMPLATES`).
 
 Sources, host shards, epoch order and the resume guarantee are input_pipeline's: the crop, the
 flip and the caption drawn for example i in epoch e all come from augment.example_seed(seed, e, i),
@@ -21,26 +22,13 @@ from typing import Callable, Iterator, NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from contrastive_jax import augment, input_pipeline
+from contrastive_jax import augment, input_pipeline, zeroshot
 from contrastive_jax.input_pipeline import DataError
 from contrastive_jax.tokenizer import Tokenizer, get_tokenizer
 
-PROMPT_TEMPLATES = (
-    "a photo of a {}.",
-    "a picture of a {}.",
-    "an image showing a {}.",
-    "a close-up photo of a {}.",
-    "a blurry photo of a {}.",
-    "a low-resolution photo of a {}.",
-    "a cropped photo of the {}.",
-    "there is a {} in this photo.",
-)
-
-
 def class_captions(class_name: str) -> list[str]:
-    """Every prompt template filled with `class_name` ("_" read as a space)."""
-    name = class_name.replace("_", " ")
-    return [template.format(name) for template in PROMPT_TEMPLATES]
+    """The training captions of a class: every `zeroshot.TRAIN_TEMPLATES` with its name."""
+    return zeroshot.prompts(class_name, zeroshot.TRAIN_TEMPLATES)
 
 
 def has_captions(data_config) -> bool:
@@ -208,7 +196,7 @@ def eval_iterator(data_config, split: str, *, global_batch_size: int, captions_p
     example's first C = captions_per_image captions; missing ones all 0), "mask": bool [n]}; the
     last batch is padded (mask False, zero image and text) so every host yields as many batches.
     Sources captioned with class names raise DataError: zero-shot classification uses
-    input_pipeline.eval_iterator with class_captions instead.
+    input_pipeline.eval_iterator with prompts of zeroshot.EVAL_TEMPLATES instead.
     """
     process_index, process_count = input_pipeline.resolve_process(process_index, process_count)
     n = input_pipeline.host_batch_size(global_batch_size, process_count)
@@ -219,7 +207,7 @@ def eval_iterator(data_config, split: str, *, global_batch_size: int, captions_p
             f"retrieval needs a caption dataset (data.caption_key naming a TFDS text feature, "
             f"e.g. 'captions/text' for coco_captions), but {data_config.source!r} is captioned "
             "with class names; for zero-shot classification use input_pipeline.eval_iterator "
-            "with class_captions")
+            "with zeroshot.EVAL_TEMPLATES")
     _caption_builder(data_config)  # Checks the source and caption_key before any work.
     key = str(data_config.caption_key)
     num = int(captions_per_image)

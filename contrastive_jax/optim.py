@@ -2,6 +2,11 @@
 
 SimCLR excludes biases and BatchNorm parameters from weight decay and from LARS's trust-ratio
 adaptation; `weight_decay_mask` marks the parameters that get both (the kernels).
+
+AdamW's decay comes in two forms (`optimizer.weight_decay_mode`): "lr_scaled", optax.adamw's,
+where a step shrinks a kernel by lr(t) * wd; and "decoupled", big_vision's (SigLIP), where it
+shrinks by wd * s(t), s the schedule's multiplier (from 0 up to 1 and back), so `wd` is a
+fraction per step, independent of the peak learning rate. At lr 1e-3 the two differ 1000-fold.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import optax
 
 LR_SCALING = ("linear", "sqrt", "none")
 OPTIMIZERS = ("lars", "adamw", "sgd")
+WEIGHT_DECAY_MODES = ("lr_scaled", "decoupled")
 
 
 def scale_learning_rate(base_lr: float, batch_size: int, rule: str) -> float:
@@ -51,11 +57,26 @@ def make_optimizer(opt_config: ml_collections.ConfigDict, *, total_steps: int,
                    batch_size: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """The optimizer `opt_config` names, with its learning-rate schedule (for logging)."""
     peak = scale_learning_rate(opt_config.learning_rate, batch_size, opt_config.lr_scaling)
-    schedule = learning_rate_schedule(peak, total_steps=total_steps,
-                                      warmup_steps=opt_config.warmup_steps,
-                                      schedule=opt_config.get("schedule", "cosine"))
+    multiplier = learning_rate_schedule(1.0, total_steps=total_steps,
+                                        warmup_steps=opt_config.warmup_steps,
+                                        schedule=opt_config.get("schedule", "cosine"))
+    schedule = lambda step: peak * multiplier(step)  # noqa: E731
     name = opt_config.name
-    if name == "lars":
+    mode = opt_config.get("weight_decay_mode", "lr_scaled")
+    if mode not in WEIGHT_DECAY_MODES:
+        raise ValueError(f"unknown weight_decay_mode {mode!r}; choose one of "
+                         f"{WEIGHT_DECAY_MODES}")
+    if mode == "decoupled" and name != "adamw":
+        raise ValueError(f"weight_decay_mode 'decoupled' is AdamW's (big_vision); optimizer "
+                         f"{name!r} takes 'lr_scaled'")
+    if name == "adamw" and mode == "decoupled":
+        tx = optax.chain(
+            optax.scale_by_adam(b1=opt_config.b1, b2=opt_config.b2, eps=opt_config.eps),
+            optax.scale(peak),
+            optax.add_decayed_weights(opt_config.weight_decay, weight_decay_mask),
+            optax.scale_by_schedule(multiplier),
+            optax.scale(-1.0))
+    elif name == "lars":
         tx = optax.lars(schedule, weight_decay=opt_config.weight_decay,
                         weight_decay_mask=weight_decay_mask, trust_coefficient=0.001,
                         trust_ratio_mask=weight_decay_mask, momentum=opt_config.momentum)

@@ -26,7 +26,7 @@ import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 from jax.sharding import NamedSharding, PartitionSpec
 
-from contrastive_jax import evaluate, fsdp, grad_cache, methods, optim, parallel
+from contrastive_jax import evaluate, fsdp, grad_cache, methods, optim, parallel, zeroshot
 from contrastive_jax.logging import MetricWriter
 
 # input_pipeline (TensorFlow) is imported where data is read, not at module level, so the state
@@ -208,6 +208,33 @@ def _lookup(config: ml_collections.ConfigDict, dotted: str):
     return value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
 
 
+def _zeroshot_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The data config of zero-shot classification: `eval.zeroshot_source` (default: the
+    training source), read with its labels rather than captions."""
+    zeroshot_data = ml_collections.ConfigDict(config.data.to_dict())
+    zeroshot_data.caption_key = ""
+    if config.eval.get("zeroshot_source"):
+        zeroshot_data.source = config.eval.zeroshot_source
+    return zeroshot_data
+
+
+def zeroshot_split(config: ml_collections.ConfigDict) -> str:
+    """`eval.zeroshot_split`, or the data's eval split when it is empty."""
+    return config.eval.get("zeroshot_split") or config.data.get("eval_split", "test")
+
+
+def _check_zeroshot_split(config: ml_collections.ConfigDict) -> None:
+    """Refuses, before training, a zero-shot split its source does not have."""
+    from contrastive_jax import input_pipeline
+    split = zeroshot_split(config)
+    try:
+        input_pipeline.num_examples(_zeroshot_data(config), split)
+    except input_pipeline.DataError as error:
+        raise input_pipeline.DataError(
+            f"zero-shot evaluation reads split {split!r} (eval.zeroshot_split, else "
+            f"data.eval_split) of {_zeroshot_data(config).source!r}: {error}") from None
+
+
 class _Preemption:
     """Says at which step to save and stop after a SIGTERM; every process gets the same answer.
 
@@ -294,6 +321,9 @@ class Trainer:
                 make_train_step(self.method, self.model, config, self.tx, self.schedule),
                 self.kind, self.mesh)
         self.is_image_text = getattr(self.method, "IMAGE_TEXT", False)
+        if self.is_image_text and config.eval_every >= 0 and (
+                config.eval.get("zeroshot_source") or self.info.num_classes):
+            _check_zeroshot_split(config)
         self.extractors = self._make_extractors(
             self.method.build_model(config, self.info.num_classes, None))
         if config.batch_size > self.info.num_train_examples > 0:
@@ -469,14 +499,12 @@ class Trainer:
                                          image_of_text)
 
     def _zero_shot_top1(self, variables) -> float:
-        """Class-name prompts (all templates, averaged) against the eval split's images."""
-        from contrastive_jax import image_text_pipeline, input_pipeline, tokenizer
+        """Class-name prompts (`zeroshot.EVAL_TEMPLATES`, averaged) against the images of
+        `eval.zeroshot_split` of `eval.zeroshot_source`."""
+        from contrastive_jax import input_pipeline, tokenizer
         data, eval_config = self.config.data, self.config.eval
-        zeroshot_data = ml_collections.ConfigDict(data.to_dict())
-        zeroshot_data.caption_key = ""
-        if eval_config.zeroshot_source:
-            zeroshot_data.source = eval_config.zeroshot_source
-        prompts = [image_text_pipeline.class_captions(name)
+        zeroshot_data = _zeroshot_data(self.config)
+        prompts = [zeroshot.prompts(name, zeroshot.EVAL_TEMPLATES)
                    for name in input_pipeline.class_names(zeroshot_data)]
         tokens = tokenizer.get_tokenizer(data).tokenize(
             [prompt for class_prompts in prompts for prompt in class_prompts])
@@ -486,7 +514,7 @@ class Trainer:
             np.asarray(prompt_embeddings).reshape(len(prompts), len(prompts[0]), -1))
         out = evaluate.extract(
             self.extractors["images"], variables,
-            input_pipeline.eval_iterator(zeroshot_data, data.get("eval_split", "test"),
+            input_pipeline.eval_iterator(zeroshot_data, zeroshot_split(self.config),
                                          global_batch_size=eval_config.batch_size),
             self.kind, self.mesh)
         return evaluate.zero_shot_top1(out["embedding"], out["label"], classifier)

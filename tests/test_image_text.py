@@ -10,7 +10,8 @@ import numpy as np
 import optax
 import pytest
 
-from contrastive_jax import evaluate, image_text_pipeline, methods, parallel, tokenizer, train
+from contrastive_jax import (evaluate, image_text_pipeline, methods, parallel, tokenizer, train,
+                             zeroshot)
 from contrastive_jax.logging import read_metrics
 from contrastive_jax.methods import clip, image_text
 
@@ -160,7 +161,7 @@ def test_sharded_evaluation_equals_one_device(tfds_dir, tmp_path, kind):  # noqa
         assert results[f"i2t_recall@{k}"] == pytest.approx(i2t)
         assert results[f"t2i_recall@{k}"] == pytest.approx(t2i)
     names = ["red square", "green field", "blue sea"]
-    prompts = [p for name in names for p in image_text_pipeline.class_captions(name)]
+    prompts = [p for name in names for p in zeroshot.prompts(name, zeroshot.EVAL_TEMPLATES)]
     tokens = np.asarray(tokenizer.get_tokenizer(config.data).tokenize(prompts))
     prompt_embeddings = np.asarray(clip.embed_texts(model)(host, tokens)).reshape(3, -1, 16)
     want = evaluate.zero_shot_top1(images, np.arange(3),

@@ -86,3 +86,37 @@ def test_adamw_decays_kernels_but_not_biases():
     updates, _ = tx.update(zero, tx.init(params), params)
     np.testing.assert_allclose(updates["kernel"], -0.1 * 0.5 * np.ones((2, 2)), rtol=1e-6)
     np.testing.assert_allclose(updates["bias"], 0.0)
+
+
+@pytest.mark.parametrize("mode", ["lr_scaled", "decoupled"])
+def test_adamw_weight_decay_modes_equal_a_hand_computed_step(mode):
+    """Step 1 of 4 (no warmup; cosine multiplier s below 1): Adam's bias-corrected direction
+    times lr(t) = peak * s, plus the kernel's decay, peak * s * wd * w (optax.adamw) or
+    s * wd * w (big_vision); biases are never decayed."""
+    peak, wd = 1e-3, 0.1
+    config = opt_config(name="adamw", learning_rate=peak, weight_decay=wd,
+                        weight_decay_mode=mode, b1=0.9, b2=0.95, eps=1e-8)
+    config.schedule = "cosine"
+    tx, schedule = optim.make_optimizer(config, total_steps=4, batch_size=256)
+    params = {"kernel": jnp.array([[1.0, -2.0], [0.5, 3.0]]), "bias": jnp.array([1.0, -1.0])}
+    grads = {"kernel": jnp.array([[0.2, -0.1], [0.0, 0.3]]), "bias": jnp.array([0.5, 0.25])}
+    state = tx.init(params)
+    _, state = tx.update(jax.tree.map(jnp.zeros_like, grads), state, params)  # Step 0.
+    updates, _ = tx.update(grads, state, params)  # Step 1: the moments hold 0 and g.
+    s = float(schedule(1)) / peak
+    assert 0.5 < s < 1.0
+    for name, p in params.items():
+        g = np.asarray(grads[name], np.float64)
+        m_hat = 0.1 * g / (1 - 0.9 ** 2)
+        v_hat = 0.05 * g * g / (1 - 0.95 ** 2)
+        want = -peak * s * m_hat / (np.sqrt(v_hat) + 1e-8)
+        if name == "kernel":
+            decay = peak * s * wd if mode == "lr_scaled" else s * wd
+            want = want - decay * np.asarray(p)
+        np.testing.assert_allclose(updates[name], want, rtol=1e-5, atol=1e-9)
+
+
+def test_decoupled_weight_decay_is_adamw_only():
+    with pytest.raises(ValueError, match="'decoupled' is AdamW's"):
+        optim.make_optimizer(opt_config(name="lars", weight_decay_mode="decoupled"),
+                             total_steps=4, batch_size=256)
