@@ -16,7 +16,8 @@ from contrastive_jax.methods import simclr, supcon
 
 from test_train import REPO, tiny_config
 
-CONFIG_ARGS = {"simclr_cifar10.py": ["resnet18", "resnet50", "resnet18_readme"], "simclr_imagenet.py": ["100", "1000"],
+CONFIG_ARGS = {"simclr_cifar10.py": ["resnet18", "resnet50", "resnet18_readme"],
+               "simclr_imagenet.py": ["100", "1000"],
                "supcon_cifar10.py": ["resnet18", "resnet50"], "clip_cifar10.py": ["mu", "ti"],
                "siglip_cifar10.py": ["mu", "ti"]}
 CASES = [(os.path.basename(path), arg)

@@ -46,9 +46,9 @@ def main(argv=None) -> None:
     if len(synsets) != 1000 or synsets != sorted(synsets):
         raise ValueError(f"{SYNSETS} should hold the 1,000 ImageNet-1k ids in sorted order")
     with open(args.out, "w", encoding="utf-8") as f:
-        f.write("# ImageNet-1k (TFDS imagenet2012 label order): WordNet id<TAB>name. Names are the\n"
-                "# first lemmas of WordNet 3.0 (Princeton University) synsets; written by\n"
-                "# contrastive_jax/tools/make_imagenet_names.py.\n")
+        f.write("# ImageNet-1k (TFDS imagenet2012 label order): WordNet id<TAB>name. Names\n"
+                "# are the first lemmas of WordNet 3.0 (Princeton University) synsets;\n"
+                "# written by contrastive_jax/tools/make_imagenet_names.py.\n")
         for synset, name in zip(synsets, class_names(synsets, lemmas)):
             f.write(f"{synset}\t{name}\n")
 
