@@ -18,7 +18,8 @@ def base(method: str = "simclr") -> ml_collections.ConfigDict:
     config.batch_size = 512  # Global, over all devices and hosts.
     config.total_steps = -1  # <= 0: derived from num_epochs.
     config.num_epochs = 100.0
-    config.parallel = "shard_map"  # or "pmap"
+    config.parallel = "shard_map"  # or "pmap", or "fsdp" (state split over the devices)
+    config.fsdp_size = 0  # "fsdp": devices each state array is split over; 0: all of them
     config.log_every = 50
     config.eval_every = 0  # 0: at the start (random init) and the end only; < 0: never.
     config.eval_at_start = True

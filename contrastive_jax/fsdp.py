@@ -1,16 +1,19 @@
 """Fully sharded data parallelism: `config.parallel = "fsdp"`.
 
-Parameters, optimizer state and BatchNorm statistics are split over the devices of the `data`
-axis (`param_spec`: each array along its largest dimension that the device count divides; the
-others, scalars and small odd shapes, stay whole), so each device holds about 1/D of the state.
-The batch is split over the same axis. The step is one `jax.jit` with those shardings (what
-pjit users know): XLA gathers each layer's parameters where the forward and backward passes use
-them and reduce-scatters their gradients, and the optimizer updates every shard in place.
+The devices form a mesh ("data", "fsdp") of D / F x F (`make_mesh`; F = `config.fsdp_size`,
+default all D: ZeRO-3; smaller F, say the devices of one host, keeps the gathers on fast links
+and replicates the shards across the "data" rows). Parameters, optimizer state and BatchNorm
+statistics are split over "fsdp" (`param_spec`: each array along its largest dimension that F
+divides; scalars and small odd shapes stay whole), so each device holds about 1/F of the state.
+The batch is split over both axes. The step is one `jax.jit` with those shardings (what pjit
+users know): XLA gathers each layer's parameters where the forward and backward passes use them
+and reduce-scatters their gradients, and the optimizer updates every shard in place.
 
 The contrastive loss still couples the global batch. The model runs on global arrays, so
 BatchNorm's statistics are over the global batch as in the shard_map path; the loss runs
 inside a `shard_map` over the embeddings (the method's `loss_parts`, the split gradient caching
-uses), with the same collectives (`all_gather`, the SigLIP ring) as the other paths. Its
+uses), with the same collectives (`all_gather`, the SigLIP ring) as the other paths, over both
+mesh axes at once (`BATCH_AXES`). Its
 gradient with respect to the embeddings then flows back through the model by one `jax.vjp`.
 The step optimises what the shard_map step optimises: the mean over devices of each device's
 loss (tested equal to it). A loss may read only parameters the rule leaves whole, such as
@@ -30,20 +33,35 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from contrastive_jax import parallel
 
 PyTree = Any
+FSDP_AXIS = "fsdp"
+BATCH_AXES = (parallel.AXIS, FSDP_AXIS)  # The batch and the loss's collectives span both.
 
 
-def param_spec(shape: tuple[int, ...], num_devices: int) -> P:
-    """The array split along its largest dimension that `num_devices` divides; whole if none."""
+def make_mesh(fsdp_size: int = 0, devices=None) -> Mesh:
+    """The ("data", "fsdp") mesh of D / F x F devices in `jax.devices()` order, so that a batch
+    split over both axes lies on the devices as `parallel.make_mesh`'s split over "data" does;
+    `fsdp_size` 0 means F = D."""
+    devices = np.asarray(devices if devices is not None else jax.devices())
+    size = fsdp_size or devices.size
+    if size < 1 or devices.size % size:
+        raise ValueError(f"config.fsdp_size={fsdp_size} does not divide the {devices.size} "
+                         "devices")
+    return Mesh(devices.reshape(devices.size // size, size), BATCH_AXES)
+
+
+def param_spec(shape: tuple[int, ...], num_shards: int) -> P:
+    """The array split over "fsdp" along its largest dimension that `num_shards` divides;
+    whole if none."""
     for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
-        if shape[dim] >= num_devices and shape[dim] % num_devices == 0:
-            return P(*(parallel.AXIS if d == dim else None for d in range(len(shape))))
+        if shape[dim] >= num_shards and shape[dim] % num_shards == 0:
+            return P(*(FSDP_AXIS if d == dim else None for d in range(len(shape))))
     return P()
 
 
 def state_shardings(state_shapes: PyTree, mesh: Mesh) -> PyTree:
     """`param_spec` of every leaf of a state (shapes from `jax.eval_shape`), as shardings."""
-    num_devices = mesh.devices.size
-    return jax.tree.map(lambda x: NamedSharding(mesh, param_spec(x.shape, num_devices)),
+    num_shards = mesh.shape[FSDP_AXIS]
+    return jax.tree.map(lambda x: NamedSharding(mesh, param_spec(x.shape, num_shards)),
                         state_shapes)
 
 
@@ -67,6 +85,10 @@ def validate(config: ml_collections.ConfigDict, method) -> None:
     if config.parallel == "fsdp" and not hasattr(method, "loss_parts"):
         raise ValueError(f"config.parallel='fsdp' needs a loss over embeddings; method "
                          f"{config.method!r} has none (SimCLR, SupCon, CLIP and SigLIP do)")
+    num_devices = jax.device_count()
+    size = config.get("fsdp_size", 0)
+    if config.parallel == "fsdp" and (size < 0 or (size and num_devices % size)):
+        raise ValueError(f"config.fsdp_size={size} does not divide the {num_devices} devices")
     if config.parallel == "fsdp" and config.get("grad_cache_chunks", 1) > 1:
         raise ValueError("config.parallel='fsdp' and grad_cache_chunks > 1 do not combine yet; "
                          "use parallel='shard_map' for gradient caching")
@@ -79,12 +101,12 @@ def _loss_on_devices(parts, mesh: Mesh, param_specs: PyTree) -> Callable:
     def per_device(params, outputs, batch):
         (loss, metrics), (direct, d_outputs) = jax.value_and_grad(
             parts.loss_on, argnums=(0, 1), has_aux=True)(params, outputs, batch)
-        num_devices = jax.lax.psum(1, parallel.AXIS)
-        return (jax.lax.pmean(loss, parallel.AXIS), jax.lax.pmean(metrics, parallel.AXIS),
-                jax.lax.pmean(direct, parallel.AXIS),
+        num_devices = jax.lax.psum(1, BATCH_AXES)
+        return (jax.lax.pmean(loss, BATCH_AXES), jax.lax.pmean(metrics, BATCH_AXES),
+                jax.lax.pmean(direct, BATCH_AXES),
                 jax.tree.map(lambda g: g / num_devices, d_outputs))
 
-    split = P(parallel.AXIS)
+    split = P(BATCH_AXES)
     return jax.shard_map(per_device, mesh=mesh, in_specs=(param_specs, split, split),
                          out_specs=(P(), P(), param_specs, split), check_vma=False)
 
@@ -92,20 +114,21 @@ def _loss_on_devices(parts, mesh: Mesh, param_specs: PyTree) -> Callable:
 def make_step(method, model, config: ml_collections.ConfigDict,
               tx: optax.GradientTransformation, schedule: Callable, mesh: Mesh,
               shardings: PyTree) -> Callable:
-    """The jitted `(state, batch, rng) -> (state, metrics)` with the state split as `shardings`
-    (from `state_shardings`) and the batch over `data`. `model` must be built without a
-    BatchNorm axis: it runs on global arrays."""
-    parts = method.loss_parts(model, config, parallel.AXIS)
+    """The jitted `(state, batch, rng) -> (state, metrics)` on `mesh` (`make_mesh`) with the
+    state split as `shardings` (from `state_shardings`) and the batch over both axes. `model`
+    must be built without a BatchNorm axis: it runs on global arrays."""
+    parts = method.loss_parts(model, config, BATCH_AXES)
     after_update = getattr(method, "after_update", lambda config, state: state)
     param_specs = jax.tree.map(lambda s: s.spec, shardings.params)
     loss_on_devices = _loss_on_devices(parts, mesh, param_specs)
+    batch_sharding = NamedSharding(mesh, P(BATCH_AXES))
 
     def step(state, batch, rng):
         del rng  # The split losses draw nothing.
         outputs, pullback, new_stats = jax.vjp(
             lambda params: parts.embed(params, state.batch_stats, batch), state.params,
             has_aux=True)
-        outputs = jax.lax.with_sharding_constraint(outputs, NamedSharding(mesh, P(parallel.AXIS)))
+        outputs = jax.lax.with_sharding_constraint(outputs, batch_sharding)
         loss, metrics, direct, d_outputs = loss_on_devices(state.params, outputs, batch)
         grads = jax.tree.map(lambda a, b: a + b, pullback(d_outputs)[0], direct)
         grads = jax.lax.with_sharding_constraint(grads, shardings.params)
@@ -116,7 +139,13 @@ def make_step(method, model, config: ml_collections.ConfigDict,
         metrics = {**metrics, "loss": loss, "learning_rate": schedule(state.step)}
         return new_state, metrics
 
-    batch_sharding = NamedSharding(mesh, P(parallel.AXIS))
     replicated = NamedSharding(mesh, P())
-    return jax.jit(step, in_shardings=(shardings, batch_sharding, replicated),
-                   out_shardings=(shardings, replicated), donate_argnums=0)
+    jitted = jax.jit(step, in_shardings=(shardings, batch_sharding, replicated),
+                     out_shardings=(shardings, replicated), donate_argnums=0)
+
+    def run(state, batch, rng):
+        # Batches and keys come laid out on parallel.make_mesh()'s devices in the same order.
+        batch, rng = jax.device_put((batch, rng), (batch_sharding, replicated))
+        return jitted(state, batch, rng)
+
+    return run

@@ -310,13 +310,15 @@ class Trainer:
         self.tx, self.schedule = optim.make_optimizer(
             config.optimizer, total_steps=config.total_steps, batch_size=config.batch_size)
         replicated = NamedSharding(self.mesh, PartitionSpec())
-        self.state_shardings = (
-            fsdp.state_shardings(jax.eval_shape(self._fresh_state), self.mesh) if self.is_fsdp
-            else jax.tree.map(lambda _: replicated, jax.eval_shape(self._fresh_state)))
         if self.is_fsdp:
+            fsdp_mesh = fsdp.make_mesh(config.get("fsdp_size", 0))
+            self.state_shardings = fsdp.state_shardings(jax.eval_shape(self._fresh_state),
+                                                        fsdp_mesh)
             self.train_step = fsdp.make_step(self.method, self.model, config, self.tx,
-                                             self.schedule, self.mesh, self.state_shardings)
+                                             self.schedule, fsdp_mesh, self.state_shardings)
         else:
+            self.state_shardings = jax.tree.map(lambda _: replicated,
+                                                jax.eval_shape(self._fresh_state))
             self.train_step = parallel.wrap_step(
                 make_train_step(self.method, self.model, config, self.tx, self.schedule),
                 self.kind, self.mesh)

@@ -36,9 +36,10 @@ def _run(config, kind, batches):
         method, model, config, tx, jax.random.PRNGKey(0)))())
     rng = parallel.replicate(jax.random.PRNGKey(1), "shard_map", mesh)
     if kind == "fsdp":
-        shardings = fsdp.state_shardings(host_state, mesh)
+        fsdp_mesh = fsdp.make_mesh(config.fsdp_size)
+        shardings = fsdp.state_shardings(host_state, fsdp_mesh)
         state = fsdp.shard_state(host_state, shardings)
-        step = fsdp.make_step(method, model, config, tx, schedule, mesh, shardings)
+        step = fsdp.make_step(method, model, config, tx, schedule, fsdp_mesh, shardings)
     else:
         state = parallel.replicate(host_state, kind, mesh)
         step = parallel.wrap_step(train.make_train_step(method, model, config, tx, schedule),
@@ -52,10 +53,12 @@ def _run(config, kind, batches):
 
 
 def test_fsdp_step_equals_shard_map_with_batchnorm_and_the_siglip_ring():
-    """SimCLR's ResNet (BatchNorm over the global batch, LARS) and SigLIP's ring inside the
-    shard_map over the embeddings: 3 steps of each path from one state."""
+    """SimCLR's ResNet (BatchNorm over the global batch, LARS) on all 8 devices, and SigLIP's
+    ring inside the shard_map over the embeddings on a 2 x 4 mesh (state split 4 ways): 3 steps
+    of each path from one state."""
     for config in (tiny_config("simclr", batch_size=32, total_steps=3),
-                   image_text_config("siglip", batch_size=32, **{"loss.siglip_impl": "ring"})):
+                   image_text_config("siglip", batch_size=32, fsdp_size=4,
+                                     **{"loss.siglip_impl": "ring"})):
         _check_fsdp_equals_shard_map(train.resolve_steps(config, 64))
 
 
@@ -76,7 +79,7 @@ def test_each_device_holds_about_an_eighth_of_the_state():
     model = method.build_model(config, 10, None)
     host_state = jax.device_get(jax.jit(lambda: train.create_train_state(
         method, model, config, tx, jax.random.PRNGKey(0)))())
-    state = fsdp.shard_state(host_state, fsdp.state_shardings(host_state, mesh))
+    state = fsdp.shard_state(host_state, fsdp.state_shardings(host_state, fsdp.make_mesh()))
     total = sum(np.asarray(x).nbytes for x in jax.tree.leaves(host_state))
     whole = sum(np.asarray(x).nbytes for x in jax.tree.leaves(host_state)
                 if fsdp.param_spec(np.shape(x), 8) == jax.sharding.PartitionSpec())
@@ -86,9 +89,9 @@ def test_each_device_holds_about_an_eighth_of_the_state():
 
 def test_param_spec_splits_the_largest_divisible_dimension():
     P = jax.sharding.PartitionSpec
-    assert fsdp.param_spec((3, 3, 4, 64), 8) == P(None, None, None, "data")
-    assert fsdp.param_spec((64, 512), 8) == P(None, "data")
-    assert fsdp.param_spec((12, 8), 8) == P(None, "data")  # 12 is not divisible.
+    assert fsdp.param_spec((3, 3, 4, 64), 8) == P(None, None, None, "fsdp")
+    assert fsdp.param_spec((64, 512), 8) == P(None, "fsdp")
+    assert fsdp.param_spec((12, 8), 8) == P(None, "fsdp")  # 12 is not divisible.
     assert fsdp.param_spec((6, 3), 8) == P() and fsdp.param_spec((), 8) == P()
 
 
@@ -109,3 +112,12 @@ def test_training_under_fsdp_equals_shard_map_and_resumes_exactly(tmp_path):
     train.train_and_evaluate(config("fsdp"), resumed)
     assert final_params(resumed)[0] == 4
     assert_trees_equal(final_params(resumed)[1], final_params(runs["fsdp"])[1])
+
+
+def test_fsdp_mesh_rows_and_a_size_that_does_not_divide_the_devices():
+    mesh = fsdp.make_mesh(4)
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 4}
+    assert list(mesh.devices.flat) == jax.devices()  # The batch lies as on parallel's mesh.
+    config = train.resolve_steps(image_text_config("clip", parallel="fsdp", fsdp_size=3), 64)
+    with pytest.raises(ValueError, match="fsdp_size=3 does not divide the 8 devices"):
+        train.validate(config)

@@ -77,9 +77,10 @@ def time_step(config, steps: int) -> dict:
     host_state = jax.device_get(jax.jit(lambda: train.create_train_state(
         method, model, config, tx, jax.random.PRNGKey(0)))())
     if is_fsdp:
-        shardings = fsdp.state_shardings(host_state, mesh)
+        fsdp_mesh = fsdp.make_mesh(config.fsdp_size)
+        shardings = fsdp.state_shardings(host_state, fsdp_mesh)
         state = fsdp.shard_state(host_state, shardings)
-        step = fsdp.make_step(method, model, config, tx, schedule, mesh, shardings)
+        step = fsdp.make_step(method, model, config, tx, schedule, fsdp_mesh, shardings)
     else:
         state = parallel.replicate(host_state, kind, mesh)
         step = parallel.wrap_step(train.make_train_step(method, model, config, tx, schedule),
