@@ -14,8 +14,10 @@ A method module provides
   kNN and linear probes evaluate;
 
 and optionally `validate(config)` (refuses settings the method cannot run), `init_extra(config,
-variables, rng)` (state beside the parameters, such as MoCo's key encoder and queue) and
-`after_update(config, state) -> state` (runs after the optimizer step). Image-text methods set
+variables, rng)` (state beside the parameters, such as MoCo's key encoder and queue),
+`after_update(config, state) -> state` (runs after the optimizer step) and `loss_parts(model,
+config, axis_name) -> grad_cache.LossParts` (the loss split at the embeddings, which gradient
+caching and `parallel = "fsdp"` need; SimCLR, SupCon, CLIP and SigLIP have it). Image-text methods set
 `IMAGE_TEXT = True` and add `embed_images(model)` / `embed_texts(model)` for zero-shot
 classification and retrieval.
 """
