@@ -28,7 +28,8 @@ setup(
     ],
     extras_require={
         "demo": ["mlxtend>=0.23"],
+        "plot": ["matplotlib>=3.7"],
         "repro": ["matplotlib>=3.7"],
-        "test": ["pytest>=7.0", "pytest-xdist>=3.0", "mlxtend>=0.23"],
+        "test": ["pytest>=7.0", "pytest-xdist>=3.0", "mlxtend>=0.23", "matplotlib>=3.7"],
     },
 )
