@@ -28,6 +28,8 @@ setup(
     ],
     extras_require={
         "demo": ["mlxtend>=0.23"],
+        "gpu": ["jax[cuda12]>=0.6.0"],  # NVIDIA GPUs: CUDA 12 wheels of jaxlib
+        "tpu": ["jax[tpu]>=0.6.0"],  # Cloud TPU VMs: libtpu
         "plot": ["matplotlib>=3.7"],
         "repro": ["matplotlib>=3.7"],
         "test": ["pytest>=7.0", "pytest-xdist>=3.0", "mlxtend>=0.23", "matplotlib>=3.7"],

@@ -35,7 +35,7 @@ gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all --command
   mkdir -p ~/contrastive_jax && tar -xzf ~/contrastive_jax.tar.gz -C ~/contrastive_jax
   cd ~/contrastive_jax
   python3 -m venv ~/venv && . ~/venv/bin/activate
-  pip install -q -U pip && pip install -q 'jax[tpu]' -e .
+  pip install -q -U pip && pip install -q -e '.[tpu]'
   python -m contrastive_jax.main --config=$config --workdir=$workdir $overrides \
     2>&1 | tee -a ~/train.log
 "
