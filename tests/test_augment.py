@@ -1,10 +1,11 @@
-"""Tests of contrastive_jax.augment: shapes, determinism, crop statistics, colour ops, CLI."""
+"""Tests of contrastive_jax.augment: shapes, determinism, crop statistics, colour ops; the
+show_views CLI."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from contrastive_jax import augment
+from contrastive_jax import augment, show_views
 
 
 def _random_image(h=40, w=30, seed=0):
@@ -192,7 +193,7 @@ def test_show_writes_png_grid(tmp_path):
     source = tmp_path / "img.jpg"
     tf.io.write_file(str(source), tf.io.encode_jpeg(_random_image(32, 32)))
     out = tmp_path / "views.png"
-    augment.main(["--show", f"--out={out}", f"--image={source}", "--num_views=3", "--rows=1"])
+    show_views.main([f"--out={out}", f"--image={source}", "--num_views=3", "--rows=1"])
     grid = tf.io.decode_png(tf.io.read_file(str(out))).numpy()
     scale = 128 // 32
     assert grid.shape == (32 * scale + 4, 4 * 32 * scale + 5 * 2, 3)
