@@ -8,7 +8,7 @@ statistics of a sharded batch equal those of the whole batch on one device.
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import flax.linen as nn
 import jax
@@ -27,49 +27,50 @@ BOTTLENECK = {"resnet50", "resnet101", "resnet152"}
 STEMS = ("imagenet", "cifar")
 
 
-class BasicBlock(nn.Module):
+class _ResidualBlock(nn.Module):
+    """What both blocks share: a branch (the subclass's `branch`) whose last BatchNorm may start
+    at zero, a projection shortcut where the shape changes, and the ReLU of their sum."""
+
+    filters: int
+    strides: int
+    norm: Any
+    zero_init_residual: bool
+    dtype: Any
+    expansion: ClassVar[int] = 1  # Output channels per `filters`.
+
+    def conv(self, features: int, kernel: tuple[int, int], strides: int = 1,
+             **kwargs) -> nn.Module:
+        return nn.Conv(features, kernel, strides, use_bias=False, dtype=self.dtype, **kwargs)
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        y = self.branch(x)
+        y = self.norm(scale_init=nn.initializers.zeros if self.zero_init_residual
+                      else nn.initializers.ones)(y)
+        features = self.filters * self.expansion
+        if x.shape[-1] != features or self.strides != 1:
+            x = self.norm(name="shortcut_bn")(
+                self.conv(features, (1, 1), self.strides, name="shortcut_conv")(x))
+        return nn.relu(x + y)
+
+
+class BasicBlock(_ResidualBlock):
     """Two 3x3 convolutions with a residual connection (ResNet-18/34)."""
 
-    filters: int
-    strides: int
-    norm: Any
-    zero_init_residual: bool
-    dtype: Any
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
-        y = nn.relu(self.norm()(conv(self.filters, (3, 3), self.strides, padding=1)(x)))
-        y = conv(self.filters, (3, 3), padding=1)(y)
-        y = self.norm(scale_init=nn.initializers.zeros if self.zero_init_residual
-                      else nn.initializers.ones)(y)
-        if x.shape[-1] != self.filters or self.strides != 1:
-            x = self.norm(name="shortcut_bn")(
-                conv(self.filters, (1, 1), self.strides, name="shortcut_conv")(x))
-        return nn.relu(x + y)
+    def branch(self, x: Array) -> Array:
+        y = nn.relu(self.norm()(self.conv(self.filters, (3, 3), self.strides, padding=1)(x)))
+        return self.conv(self.filters, (3, 3), padding=1)(y)
 
 
-class BottleneckBlock(nn.Module):
+class BottleneckBlock(_ResidualBlock):
     """1x1 reduce, 3x3 (strided, as in torchvision's ResNet v1.5), 1x1 expand by 4."""
 
-    filters: int
-    strides: int
-    norm: Any
-    zero_init_residual: bool
-    dtype: Any
+    expansion: ClassVar[int] = 4
 
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
-        y = nn.relu(self.norm()(conv(self.filters, (1, 1))(x)))
-        y = nn.relu(self.norm()(conv(self.filters, (3, 3), self.strides, padding=1)(y)))
-        y = conv(self.filters * 4, (1, 1))(y)
-        y = self.norm(scale_init=nn.initializers.zeros if self.zero_init_residual
-                      else nn.initializers.ones)(y)
-        if x.shape[-1] != self.filters * 4 or self.strides != 1:
-            x = self.norm(name="shortcut_bn")(
-                conv(self.filters * 4, (1, 1), self.strides, name="shortcut_conv")(x))
-        return nn.relu(x + y)
+    def branch(self, x: Array) -> Array:
+        y = nn.relu(self.norm()(self.conv(self.filters, (1, 1))(x)))
+        y = nn.relu(self.norm()(self.conv(self.filters, (3, 3), self.strides, padding=1)(y)))
+        return self.conv(self.filters * 4, (1, 1))(y)
 
 
 class ResNet(nn.Module):
