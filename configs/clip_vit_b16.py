@@ -5,8 +5,9 @@ TPU pod slice (launch/tpu_pod.sh).
         --workdir=gs://BUCKET/clip_b16 --config.data.data_dir=gs://BUCKET/tfds \
         --config.data.tokenizer=gs://BUCKET/spm_32k.model
 
-Batch 32,768; AdamW (beta1 0.9, beta2 0.98, eps 1e-6, decoupled weight decay 0.2 on kernels),
-lr 5e-4, 2,000 warmup steps then cosine decay, 32 epochs; scale init 1/0.07, clamped at 100.
+Batch 32,768; AdamW (beta1 0.9, beta2 0.98, eps 1e-6, weight decay 0.2 on kernels as optax.adamw
+applies it, times the learning rate: weight_decay_mode "lr_scaled"), lr 5e-4, 2,000 warmup steps
+then cosine decay, 32 epochs; scale init 1/0.07, clamped at 100.
 Towers: ViT-B/16 at 224x224 (class-token pooling) and a 12-layer, 512-wide, 8-head causal text
 transformer over 77 tokens, both projected to 512; bfloat16 compute. CLIP's WIT-400M is not
 public: the default source is TFDS coco_captions (caption feature captions/text), and any TFDS

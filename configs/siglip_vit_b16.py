@@ -10,10 +10,12 @@ implementation (text blocks passed between devices, never the global logits); Ad
 beta2 0.95, lr 1e-3, weight decay 1e-4, 5,000 warmup steps then cosine decay. Towers: ViT-B/16
 at 224x224 (average pooling) and a 12-layer, 768-wide bidirectional text transformer over 64
 tokens, pooled at its last token, projected to 768; bfloat16 compute. AdamW's weight decay is
-big_vision's decoupled form (`optimizer.weight_decay_mode = "decoupled"`: 1e-4 of each kernel per
-step times the schedule's multiplier, not times the learning rate). WebLI is not public: the
-default source is TFDS coco_captions; zero-shot top-1 is measured on eval.zeroshot_source
-(ImageNet's validation split by default).
+big_vision's decoupled form (`optimizer.weight_decay_mode = "decoupled"`: 1e-4 of each kernel and
+embedding per step times the schedule's multiplier, not times the learning rate): the value the
+SigLIP 2 paper gives for its from-scratch big_vision runs at lr 1e-3 (big_vision's one public
+SigLIP config, a LiT fine-tune on COCO with the image tower frozen, uses 0.01). WebLI is not
+public: the default source is TFDS coco_captions; zero-shot top-1 is measured on
+eval.zeroshot_source (ImageNet's validation split by default).
 """
 
 from contrastive_jax import config_defaults

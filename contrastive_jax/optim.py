@@ -1,7 +1,7 @@
 """Optimizers and schedules from optax: LARS (SimCLR), AdamW (CLIP/SigLIP), SGD.
 
 SimCLR excludes biases and BatchNorm parameters from weight decay and from LARS's trust-ratio
-adaptation; `weight_decay_mask` marks the parameters that get both (the kernels).
+adaptation; `weight_decay_mask` marks the parameters that get both (kernels, embeddings).
 
 AdamW's decay comes in two forms (`optimizer.weight_decay_mode`): "lr_scaled", optax.adamw's,
 where a step shrinks a kernel by lr(t) * wd; and "decoupled", big_vision's (SigLIP), where it
@@ -20,6 +20,7 @@ import optax
 LR_SCALING = ("linear", "sqrt", "none")
 OPTIMIZERS = ("lars", "adamw", "sgd")
 WEIGHT_DECAY_MODES = ("lr_scaled", "decoupled")
+NOT_DECAYED = ("bias", "scale")  # Leaf names: biases, BatchNorm / LayerNorm scales.
 
 
 def scale_learning_rate(base_lr: float, batch_size: int, rule: str) -> float:
@@ -49,8 +50,11 @@ def learning_rate_schedule(peak_lr: float, *, total_steps: int, warmup_steps: in
 
 
 def weight_decay_mask(params) -> object:
-    """True for kernels (arrays of rank > 1), False for biases and BatchNorm scales/offsets."""
-    return jax.tree.map(lambda p: p.ndim > 1, params)
+    """True for kernels and embeddings (arrays of rank > 1); False for scalars and for biases and
+    norm scales of any rank (by name: attention biases are [heads, head_dim], and
+    `model.scan_layers` stacks every block's leaves on a layer axis)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, p: p.ndim > 1 and getattr(path[-1], "key", None) not in NOT_DECAYED, params)
 
 
 def make_optimizer(opt_config: ml_collections.ConfigDict, *, total_steps: int,

@@ -7,13 +7,19 @@ import numpy as np
 import pytest
 
 from contrastive_jax import config_defaults, optim
-from contrastive_jax.models import resnet
+from contrastive_jax.models import resnet, vit
 
 
 def opt_config(**overrides):
     config = ml_collections.ConfigDict(config_defaults.base().optimizer.to_dict())
     config.update(lr_scaling="none", warmup_steps=0, schedule="constant", **overrides)
     return config
+
+
+def flat(tree) -> dict:
+    """{"['a']['b']": leaf}: a tree's leaves by path."""
+    return {jax.tree_util.keystr(path): leaf
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def test_lars_two_steps_equal_a_hand_computed_update():
@@ -78,6 +84,21 @@ def test_mask_covers_kernels_not_biases_or_batchnorm():
         assert value == name.endswith("['kernel']"), name
 
 
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_mask_decays_vit_kernels_and_embeddings_not_biases_or_norms(scan_layers):
+    """A ViT's attention biases are [heads, head_dim], and scanned blocks stack every leaf on a
+    layer axis (norm scales [depth, width]): the mask goes by name as well as rank."""
+    model = vit.vit("mu/4", depth=2, scan_layers=scan_layers)
+    params = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False),
+                            jnp.zeros((1, 8, 8, 3)))["params"]
+    names = flat(params)
+    assert any(name.endswith("['query']['bias']") and leaf.ndim >= 2
+               for name, leaf in names.items())
+    decayed = ("['kernel']", "['pos_embedding']", "['cls_token']")
+    for name, value in flat(optim.weight_decay_mask(params)).items():
+        assert value == name.endswith(decayed), name
+
+
 def test_adamw_decays_kernels_but_not_biases():
     tx, _ = optim.make_optimizer(opt_config(name="adamw", learning_rate=0.1, weight_decay=0.5),
                                  total_steps=10, batch_size=256)
@@ -90,30 +111,33 @@ def test_adamw_decays_kernels_but_not_biases():
 
 @pytest.mark.parametrize("mode", ["lr_scaled", "decoupled"])
 def test_adamw_weight_decay_modes_equal_a_hand_computed_step(mode):
-    """Step 1 of 4 (no warmup; cosine multiplier s below 1): Adam's bias-corrected direction
-    times lr(t) = peak * s, plus the kernel's decay, peak * s * wd * w (optax.adamw) or
-    s * wd * w (big_vision); biases are never decayed."""
+    """Step 1 of 4 (no warmup; cosine multiplier s = (1 + cos(pi / 4)) / 2): Adam's
+    bias-corrected direction times lr(t) = peak * s, plus the kernel's decay, peak * s * wd * w
+    (optax.adamw) or s * wd * w (big_vision); biases (1-D, or 2-D as attention's) and scalars are
+    never decayed."""
     peak, wd = 1e-3, 0.1
     config = opt_config(name="adamw", learning_rate=peak, weight_decay=wd,
                         weight_decay_mode=mode, b1=0.9, b2=0.95, eps=1e-8)
     config.schedule = "cosine"
-    tx, schedule = optim.make_optimizer(config, total_steps=4, batch_size=256)
-    params = {"kernel": jnp.array([[1.0, -2.0], [0.5, 3.0]]), "bias": jnp.array([1.0, -1.0])}
-    grads = {"kernel": jnp.array([[0.2, -0.1], [0.0, 0.3]]), "bias": jnp.array([0.5, 0.25])}
+    tx, _ = optim.make_optimizer(config, total_steps=4, batch_size=256)
+    params = {"kernel": jnp.array([[1.0, -2.0], [0.5, 3.0]]), "bias": jnp.array([1.0, -1.0]),
+              "query": {"bias": jnp.array([[2.0, -3.0]])}, "log_scale": jnp.array(2.3)}
+    grads = {"kernel": jnp.array([[0.2, -0.1], [0.0, 0.3]]), "bias": jnp.array([0.5, 0.25]),
+             "query": {"bias": jnp.array([[-0.4, 0.1]])}, "log_scale": jnp.array(0.7)}
     state = tx.init(params)
     _, state = tx.update(jax.tree.map(jnp.zeros_like, grads), state, params)  # Step 0.
     updates, _ = tx.update(grads, state, params)  # Step 1: the moments hold 0 and g.
-    s = float(schedule(1)) / peak
-    assert 0.5 < s < 1.0
-    for name, p in params.items():
+    s = (1 + np.cos(np.pi / 4)) / 2
+    decay = peak * s * wd if mode == "lr_scaled" else s * wd
+    grads, updates = flat(grads), flat(updates)
+    for name, p in flat(params).items():
         g = np.asarray(grads[name], np.float64)
         m_hat = 0.1 * g / (1 - 0.9 ** 2)
         v_hat = 0.05 * g * g / (1 - 0.95 ** 2)
         want = -peak * s * m_hat / (np.sqrt(v_hat) + 1e-8)
-        if name == "kernel":
-            decay = peak * s * wd if mode == "lr_scaled" else s * wd
+        if name == "['kernel']":
             want = want - decay * np.asarray(p)
-        np.testing.assert_allclose(updates[name], want, rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(updates[name], want, rtol=1e-5, atol=1e-9, err_msg=name)
 
 
 def test_decoupled_weight_decay_is_adamw_only():

@@ -5,8 +5,9 @@
 
 TFDS's imagenet2012 labels are WordNet ids (n01440764 ...), in sorted order. Each class is named
 by the first lemma of its WordNet 3.0 synset (Princeton University's WordNet; the timm wheel
-bundles the 1,000 ids and their lemmas as data files, read here without importing timm). Two
-pairs of synsets share a first lemma ("crane", "maillot"); `DISAMBIGUATION` names them apart.
+bundles the 1,000 ids and their lemmas as data files, read here without importing timm). Three
+pairs of synsets share a first lemma, up to case ("crane", "maillot", "Cardigan" the dog and
+"cardigan" the sweater); `DISAMBIGUATION` names them apart.
 """
 
 from __future__ import annotations
@@ -21,15 +22,20 @@ LEMMAS = "timm/data/_info/imagenet_synset_to_lemma.txt"
 OUT = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data",
                    "imagenet2012_class_names.txt")
 # Synsets whose first lemma another class also has (WordNet's definitions tell them apart): the
-# bird and the machine; dancers' tights and the one-piece bathing suit.
+# bird and the machine; dancers' tights and the one-piece bathing suit; the corgi (its second
+# lemma), not the sweater. Case counts as no difference: many text encoders lowercase.
 DISAMBIGUATION = {"n02012849": "crane bird", "n03126707": "construction crane",
-                  "n03710637": "leotard tights", "n03710721": "one-piece bathing suit"}
+                  "n03710637": "dancer's tights", "n03710721": "one-piece bathing suit",
+                  "n02113186": "Cardigan Welsh corgi"}
 
 
 def class_names(synsets: list[str], lemmas: dict[str, str]) -> list[str]:
-    """The readable name of every synset: its first lemma, or `DISAMBIGUATION`'s."""
-    names = [DISAMBIGUATION.get(s, lemmas[s].split(",")[0].strip()) for s in synsets]
-    repeated = [n for n, count in collections.Counter(names).items() if count > 1]
+    """The readable name of every synset: its first lemma ("_" read as a space), or
+    `DISAMBIGUATION`'s."""
+    names = [DISAMBIGUATION.get(s, lemmas[s].split(",")[0].strip().replace("_", " "))
+             for s in synsets]
+    repeated = [n for n, count in collections.Counter(n.lower() for n in names).items()
+                if count > 1]
     if repeated:
         raise ValueError(f"names shared by several classes: {repeated}")
     return names
