@@ -18,6 +18,8 @@ from contrastive_jax.logging import read_metrics
 
 from test_train import tiny_config
 
+pytestmark = pytest.mark.slow  # Minutes each: opt-in with `pytest -m slow`.
+
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 
 
@@ -48,7 +50,7 @@ def test_short_simclr_run_on_cifar10_learns(cifar_folder, tmp_path):
     config = tiny_config(**{
         "data.source": f"folder:{cifar_folder}", "data.image_size": 32,
         "data.color_strength": 0.5, "model.base_width": 8, "batch_size": 96,
-        "total_steps": 120, "eval_at_start": True, "checkpoint_every": 1000,
+        "total_steps": 200, "eval_at_start": True, "checkpoint_every": 1000,
         "model.head_out_dim": 128,
         "optimizer.warmup_steps": 10, "loss.temperature": 0.2, "eval.knn_k": 20,
         "eval.linear_steps": 100, "eval.batch_size": 96})
@@ -56,7 +58,7 @@ def test_short_simclr_run_on_cifar10_learns(cifar_folder, tmp_path):
     rows = read_metrics(str(tmp_path))
     losses = [row["loss"] for row in rows if "loss" in row]
     knn = [row["knn_top1"] for row in rows if "knn_top1" in row]
-    assert len(losses) == 120 and len(knn) == 2
+    assert len(losses) == 200 and len(knn) == 2
     assert np.mean(losses[-20:]) < np.mean(losses[:20]) - 0.2, (losses[:20], losses[-20:])
     assert knn[1] > knn[0] + 0.03, knn
 
