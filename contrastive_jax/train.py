@@ -178,6 +178,40 @@ def make_train_step(method, model, config, tx, schedule) -> Callable:
     return step
 
 
+def layout_kind(config: ml_collections.ConfigDict) -> parallel.Kind:
+    """How batches, keys and metrics are laid out: fsdp uses shard_map's global arrays."""
+    return "shard_map" if config.parallel == "fsdp" else config.parallel
+
+
+def model_axis(config: ml_collections.ConfigDict) -> str | None:
+    """The BatchNorm axis the training model is built with: none under fsdp, whose model runs
+    on global arrays and so sees the whole batch."""
+    return None if config.parallel == "fsdp" else parallel.AXIS
+
+
+def make_step(method, model, config: ml_collections.ConfigDict,
+              tx: optax.GradientTransformation, schedule: optax.Schedule, state_shapes,
+              mesh) -> tuple[Any, Callable]:
+    """(the state's shardings, the wrapped step) for `config.parallel`: the per-device step
+    under pmap or shard_map with the state replicated, or fsdp.make_step with it split."""
+    if config.parallel == "fsdp":
+        fsdp_mesh = fsdp.make_mesh(config.get("fsdp_size", 0))
+        shardings = fsdp.state_shardings(state_shapes, fsdp_mesh)
+        return shardings, fsdp.make_step(method, model, config, tx, schedule, fsdp_mesh,
+                                         shardings)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return (jax.tree.map(lambda _: replicated, state_shapes),
+            parallel.wrap_step(make_train_step(method, model, config, tx, schedule),
+                               config.parallel, mesh))
+
+
+def place_state(host_state, shardings, config: ml_collections.ConfigDict, mesh):
+    """A host state on the devices as `make_step`'s step takes it."""
+    if config.parallel == "fsdp":
+        return fsdp.shard_state(host_state, shardings)
+    return parallel.replicate(host_state, config.parallel, mesh)
+
+
 def _check_workdir_config(workdir: str, config: ml_collections.ConfigDict
                           ) -> ml_collections.ConfigDict | None:
     """Writes DIR/config.json, or refuses a workdir whose checkpoints came from another config.
@@ -300,28 +334,16 @@ class Trainer:
             linear_eval.validate(config, self.info.num_classes)
         self.workdir = workdir
         self.is_fsdp = config.parallel == "fsdp"
-        # How batches, keys and metrics are laid out: fsdp uses shard_map's global arrays.
-        self.kind = "shard_map" if self.is_fsdp else config.parallel
+        self.kind = layout_kind(config)
         self.mesh = parallel.make_mesh()
         self.method = methods.get(config.method)
-        # Under fsdp the model runs on global arrays: BatchNorm needs no axis to see them all.
         self.model = self.method.build_model(config, self.info.num_classes,
-                                             None if self.is_fsdp else parallel.AXIS)
+                                             model_axis(config))
         self.tx, self.schedule = optim.make_optimizer(
             config.optimizer, total_steps=config.total_steps, batch_size=config.batch_size)
-        replicated = NamedSharding(self.mesh, PartitionSpec())
-        if self.is_fsdp:
-            fsdp_mesh = fsdp.make_mesh(config.get("fsdp_size", 0))
-            self.state_shardings = fsdp.state_shardings(jax.eval_shape(self._fresh_state),
-                                                        fsdp_mesh)
-            self.train_step = fsdp.make_step(self.method, self.model, config, self.tx,
-                                             self.schedule, fsdp_mesh, self.state_shardings)
-        else:
-            self.state_shardings = jax.tree.map(lambda _: replicated,
-                                                jax.eval_shape(self._fresh_state))
-            self.train_step = parallel.wrap_step(
-                make_train_step(self.method, self.model, config, self.tx, self.schedule),
-                self.kind, self.mesh)
+        self.state_shardings, self.train_step = make_step(
+            self.method, self.model, config, self.tx, self.schedule,
+            jax.eval_shape(self._fresh_state), self.mesh)
         self.is_image_text = getattr(self.method, "IMAGE_TEXT", False)
         if self.is_image_text and config.eval_every >= 0 and (
                 config.eval.get("zeroshot_source") or self.info.num_classes):

@@ -28,22 +28,17 @@ def _batches(config, count):
 
 def _run(config, kind, batches):
     """Losses of each step and the final host state, from the same initial state."""
+    config = config.copy_and_resolve_references()
+    config.parallel = kind
     method, mesh = methods.get(config.method), parallel.make_mesh()
     tx, schedule = optim.make_optimizer(config.optimizer, total_steps=config.total_steps,
                                         batch_size=config.batch_size)
-    model = method.build_model(config, 10, None if kind == "fsdp" else parallel.AXIS)
+    model = method.build_model(config, 10, train.model_axis(config))
     host_state = jax.device_get(jax.jit(lambda: train.create_train_state(
         method, model, config, tx, jax.random.PRNGKey(0)))())
     rng = parallel.replicate(jax.random.PRNGKey(1), "shard_map", mesh)
-    if kind == "fsdp":
-        fsdp_mesh = fsdp.make_mesh(config.fsdp_size)
-        shardings = fsdp.state_shardings(host_state, fsdp_mesh)
-        state = fsdp.shard_state(host_state, shardings)
-        step = fsdp.make_step(method, model, config, tx, schedule, fsdp_mesh, shardings)
-    else:
-        state = parallel.replicate(host_state, kind, mesh)
-        step = parallel.wrap_step(train.make_train_step(method, model, config, tx, schedule),
-                                  kind, mesh)
+    shardings, step = train.make_step(method, model, config, tx, schedule, host_state, mesh)
+    state = train.place_state(host_state, shardings, config, mesh)
     losses = []
     for batch in batches:
         state, metrics = step(state, parallel.host_batch_to_devices(batch, "shard_map", mesh),

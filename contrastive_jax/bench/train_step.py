@@ -67,24 +67,15 @@ def device_batches(config, kind, mesh) -> Iterator:
 def time_step(config, steps: int) -> dict:
     """Seconds per step of the config's method's train step on random device-resident
     batches."""
-    mesh = parallel.make_mesh()
-    is_fsdp = config.parallel == "fsdp"
-    kind = "shard_map" if is_fsdp else config.parallel  # How batches and keys are laid out.
+    mesh, kind = parallel.make_mesh(), train.layout_kind(config)
     method = methods.get(config.method)
-    model = method.build_model(config, 10, None if is_fsdp else parallel.AXIS)
+    model = method.build_model(config, 10, train.model_axis(config))
     tx, schedule = optim.make_optimizer(config.optimizer, total_steps=steps + 1,
                                         batch_size=config.batch_size)
     host_state = jax.device_get(jax.jit(lambda: train.create_train_state(
         method, model, config, tx, jax.random.PRNGKey(0)))())
-    if is_fsdp:
-        fsdp_mesh = fsdp.make_mesh(config.fsdp_size)
-        shardings = fsdp.state_shardings(host_state, fsdp_mesh)
-        state = fsdp.shard_state(host_state, shardings)
-        step = fsdp.make_step(method, model, config, tx, schedule, fsdp_mesh, shardings)
-    else:
-        state = parallel.replicate(host_state, kind, mesh)
-        step = parallel.wrap_step(train.make_train_step(method, model, config, tx, schedule),
-                                  kind, mesh)
+    shardings, step = train.make_step(method, model, config, tx, schedule, host_state, mesh)
+    state = train.place_state(host_state, shardings, config, mesh)
     state_bytes = fsdp.bytes_per_device(state) if kind == "shard_map" else sum(
         np.asarray(x).nbytes for x in jax.tree.leaves(host_state))
     batches = device_batches(config, kind, mesh)
