@@ -69,7 +69,7 @@ def _check_fsdp_equals_shard_map(config):
 
 def test_each_device_holds_about_an_eighth_of_the_state():
     config = train.resolve_steps(image_text_config("clip", batch_size=32), 64)
-    method, mesh = methods.get("clip"), parallel.make_mesh()
+    method = methods.get("clip")
     tx, _ = optim.make_optimizer(config.optimizer, total_steps=3, batch_size=32)
     model = method.build_model(config, 10, None)
     host_state = jax.device_get(jax.jit(lambda: train.create_train_state(
