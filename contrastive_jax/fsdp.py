@@ -30,7 +30,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from contrastive_jax import parallel
+from contrastive_jax import grad_cache, parallel
 
 PyTree = Any
 FSDP_AXIS = "fsdp"
@@ -89,9 +89,6 @@ def validate(config: ml_collections.ConfigDict, method) -> None:
     size = config.get("fsdp_size", 0)
     if config.parallel == "fsdp" and (size < 0 or (size and num_devices % size)):
         raise ValueError(f"config.fsdp_size={size} does not divide the {num_devices} devices")
-    if config.parallel == "fsdp" and config.get("grad_cache_chunks", 1) > 1:
-        raise ValueError("config.parallel='fsdp' and grad_cache_chunks > 1 do not combine yet; "
-                         "use parallel='shard_map' for gradient caching")
 
 
 def _loss_on_devices(parts, mesh: Mesh, param_specs: PyTree) -> Callable:
@@ -111,26 +108,67 @@ def _loss_on_devices(parts, mesh: Mesh, param_specs: PyTree) -> Callable:
                          out_specs=(P(), P(), param_specs, split), check_vma=False)
 
 
+def device_chunk_layout(num_devices: int, sharding: NamedSharding) -> grad_cache.ChunkLayout:
+    """Chunks of a global batch that is split over `num_devices` in blocks: chunk c holds the
+    c-th slice of every device's block, so each chunk stays split over all the devices (and its
+    BatchNorm statistics are those of the c-th chunks of shard_map's per-device batches)."""
+
+    def split(tree, num_chunks):
+        def split_leaf(x):
+            blocks = x.reshape(num_devices, num_chunks, -1, *x.shape[1:]).swapaxes(0, 1)
+            return jax.lax.with_sharding_constraint(
+                blocks.reshape(num_chunks, -1, *x.shape[1:]),
+                NamedSharding(sharding.mesh, P(None, *sharding.spec)))
+        return jax.tree.map(split_leaf, tree)
+
+    def join(tree):
+        def join_leaf(x):
+            blocks = x.reshape(x.shape[0], num_devices, -1, *x.shape[2:]).swapaxes(0, 1)
+            return jax.lax.with_sharding_constraint(blocks.reshape(-1, *x.shape[2:]), sharding)
+        return jax.tree.map(join_leaf, tree)
+
+    return grad_cache.ChunkLayout(split, join)
+
+
 def make_step(method, model, config: ml_collections.ConfigDict,
               tx: optax.GradientTransformation, schedule: Callable, mesh: Mesh,
               shardings: PyTree) -> Callable:
     """The jitted `(state, batch, rng) -> (state, metrics)` on `mesh` (`make_mesh`) with the
     state split as `shardings` (from `state_shardings`) and the batch over both axes. `model`
-    must be built without a BatchNorm axis: it runs on global arrays."""
+    must be built without a BatchNorm axis: it runs on global arrays. With `grad_cache_chunks`
+    C > 1 the model embeds and back-propagates the batch in C chunks (`grad_cache`), each a
+    slice of every device's rows."""
     parts = method.loss_parts(model, config, BATCH_AXES)
     after_update = getattr(method, "after_update", lambda config, state: state)
     param_specs = jax.tree.map(lambda s: s.spec, shardings.params)
     loss_on_devices = _loss_on_devices(parts, mesh, param_specs)
     batch_sharding = NamedSharding(mesh, P(BATCH_AXES))
+    num_chunks = config.get("grad_cache_chunks", 1)
+    layout = device_chunk_layout(mesh.size, batch_sharding)
 
-    def step(state, batch, rng):
-        del rng  # The split losses draw nothing.
+    def loss_and_grads(params, outputs, batch):
+        outputs = jax.lax.with_sharding_constraint(outputs, batch_sharding)
+        loss, metrics, direct, d_outputs = loss_on_devices(params, outputs, batch)
+        return (loss, metrics), (direct, d_outputs)
+
+    def one_pass_grads(state, batch):
         outputs, pullback, new_stats = jax.vjp(
             lambda params: parts.embed(params, state.batch_stats, batch), state.params,
             has_aux=True)
-        outputs = jax.lax.with_sharding_constraint(outputs, batch_sharding)
-        loss, metrics, direct, d_outputs = loss_on_devices(state.params, outputs, batch)
+        (loss, metrics), (direct, d_outputs) = loss_and_grads(state.params, outputs, batch)
         grads = jax.tree.map(lambda a, b: a + b, pullback(d_outputs)[0], direct)
+        return loss, metrics, new_stats, grads
+
+    def chunked_grads(state, batch):
+        (loss, (changes, metrics)), grads = grad_cache.value_and_grad(
+            parts, state.params, state.batch_stats, batch, num_chunks,
+            loss_and_grads=loss_and_grads, layout=layout)
+        return loss, metrics, changes["batch_stats"], grads
+
+    def step(state, batch, rng):
+        del rng  # The split losses draw nothing.
+        loss, metrics, new_stats, grads = (chunked_grads if num_chunks > 1 else
+                                           one_pass_grads)(state, batch)
         grads = jax.lax.with_sharding_constraint(grads, shardings.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         new_state = state.replace(params=optax.apply_updates(state.params, updates),

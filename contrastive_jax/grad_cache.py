@@ -58,19 +58,43 @@ def _unchunked(tree: PyTree) -> PyTree:
     return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), tree)
 
 
-def value_and_grad(parts: LossParts, params, batch_stats, batch, num_chunks: int):
+class ChunkLayout(NamedTuple):
+    """How a batch splits into chunks and the chunks' outputs join back: `split(tree,
+    num_chunks)` stacks the chunks on a new leading axis, `join(tree)` undoes it."""
+
+    split: Callable[[PyTree, int], PyTree]
+    join: Callable[[PyTree], PyTree]
+
+
+CONSECUTIVE = ChunkLayout(_chunked, _unchunked)  # One device's batch: consecutive slices.
+
+
+def _loss_and_grads(parts: LossParts) -> Callable:
+    """(params, outputs, batch) -> ((loss, metrics), (grads of params, grads of outputs))."""
+    return jax.value_and_grad(parts.loss_on, argnums=(0, 1), has_aux=True)
+
+
+def value_and_grad(parts: LossParts, params, batch_stats, batch, num_chunks: int, *,
+                   loss_and_grads: Callable | None = None,
+                   layout: ChunkLayout = CONSECUTIVE):
     """`jax.value_and_grad(one_pass, has_aux=True)` over `params`, in `num_chunks` chunks of
-    this device's batch: ((loss, ({"batch_stats"}, metrics)), grads)."""
-    chunks = _chunked(batch, num_chunks)
+    the batch: ((loss, ({"batch_stats"}, metrics)), grads).
+
+    `loss_and_grads(params, outputs, batch)` returns the loss over all the outputs and its
+    gradients with respect to the params and the outputs; by default those of `parts.loss_on`
+    on this device. `layout` splits the batch into chunks; `fsdp` passes both, to take the loss
+    over the devices of a global batch and to give each chunk a slice of every device's rows.
+    """
+    loss_and_grads = loss_and_grads or _loss_and_grads(parts)
+    chunks = layout.split(batch, num_chunks)
 
     def embed_chunk(stats, chunk):
         outputs, stats = parts.embed(params, stats, chunk)
         return stats, outputs
 
     new_stats, outputs = jax.lax.scan(embed_chunk, batch_stats, chunks)
-    outputs = jax.lax.stop_gradient(_unchunked(outputs))
-    (loss, metrics), (direct_grads, output_grads) = jax.value_and_grad(
-        parts.loss_on, argnums=(0, 1), has_aux=True)(params, outputs, batch)
+    outputs = jax.lax.stop_gradient(layout.join(outputs))
+    (loss, metrics), (direct_grads, output_grads) = loss_and_grads(params, outputs, batch)
 
     def backprop_chunk(grads, chunk_and_cotangent):
         chunk, cotangent = chunk_and_cotangent
@@ -78,7 +102,7 @@ def value_and_grad(parts: LossParts, params, batch_stats, batch, num_chunks: int
         return jax.tree.map(jnp.add, grads, pullback(cotangent)[0]), None
 
     grads, _ = jax.lax.scan(backprop_chunk, direct_grads,
-                            (chunks, _chunked(output_grads, num_chunks)))
+                            (chunks, layout.split(output_grads, num_chunks)))
     return (loss, ({"batch_stats": new_stats}, metrics)), grads
 
 
