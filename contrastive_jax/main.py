@@ -81,14 +81,17 @@ def fail(error: BaseException | str) -> None:
 
     The line is the last output: the tasks of a failed Orbax save log their errors when they
     are collected, and its background threads may still be printing, so collect them first,
-    point stderr at /dev/null once the line is out, and leave without the interpreter's
-    shutdown (the saves have been waited for).
+    point stderr at /dev/null before the line goes out (on a copy of the stream, so no thread
+    can write into or after it), and leave without the interpreter's shutdown (the saves have
+    been waited for).
     """
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     gc.collect()
     sys.stdout.flush()
-    print(f"error: {lines[-1] if lines else type(error).__name__}", file=sys.stderr, flush=True)
+    sys.stderr.flush()
+    stderr = os.dup(sys.stderr.fileno())
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+    os.write(stderr, f"error: {lines[-1] if lines else type(error).__name__}\n".encode())
     os._exit(1)
 
 
