@@ -23,6 +23,7 @@ setup(
         "ml-collections>=0.1.1",
         "einops>=0.7",
         "absl-py>=1.0",
+        "clu>=0.0.12",
         "numpy>=1.24",
         "sentencepiece>=0.2",
     ],
@@ -32,6 +33,9 @@ setup(
         "tpu": ["jax[tpu]>=0.6.0"],  # Cloud TPU VMs: libtpu
         "plot": ["matplotlib>=3.7"],
         "repro": ["matplotlib>=3.7"],
-        "test": ["pytest>=7.0", "pytest-xdist>=3.0", "mlxtend>=0.23", "matplotlib>=3.7"],
+        "export": ["safetensors>=0.4"],  # python -m contrastive_jax.export --format=torchvision
+        # torch + torchvision: the export test loads the weights into torchvision's ResNets.
+        "test": ["pytest>=7.0", "pytest-xdist>=3.0", "mlxtend>=0.23", "matplotlib>=3.7",
+                 "safetensors>=0.4", "torch>=2.4", "torchvision>=0.19"],
     },
 )
