@@ -17,18 +17,9 @@ def get_config(arg=None):
     config = config_defaults.base("moco")
     config.batch_size = 512
     config.num_epochs = 200.0
-    config.log_every = 50
-    config.eval_every = 5000
-    config.checkpoint_every = 1000
+    config_defaults.cifar10_run(config)
 
-    config.data.source = "tfds:cifar10"
-    config.data.image_size = 32
     config.data.crop_area_min = 0.2
-    config.data.color_strength = 0.5
-    config.data.blur = False
-
-    config.model.name = "resnet18"
-    config.model.stem = "cifar"
     config.model.head_hidden_dim = 512
     config.model.moco_bn = "shuffle"
     config.model.bn_splits = 8

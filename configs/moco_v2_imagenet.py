@@ -19,23 +19,12 @@ def get_config(arg=None):
     config = config_defaults.base("moco")
     config.batch_size = 256
     config.num_epochs = 200.0
-    config.log_every = 100
-    config.eval_every = 0
-    config.eval_at_start = False
+    config_defaults.imagenet_run(config)
     config.checkpoint_every = 5000
 
-    config.data.source = "tfds:imagenet2012"
-    config.data.eval_split = "validation"
-    config.data.image_size = 224
     config.data.crop_area_min = 0.2
     config.data.color_strength = 0.5
-    config.data.blur = True
-    config.data.eval_crop_fraction = 0.875
-
-    config.model.name = "resnet50"
-    config.model.stem = "imagenet"
     config.model.moco_bn = "shuffle"
-    config.model.dtype = "bfloat16"
 
     config.optimizer.name = "sgd"
     config.optimizer.learning_rate = 0.03

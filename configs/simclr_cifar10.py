@@ -30,17 +30,8 @@ def get_config(arg=None):
     config.method = "simclr"
     config.batch_size = 512 if readme else 1024
     config.num_epochs = 1000.0
-    config.log_every = 50
-    config.eval_every = 5000
-    config.checkpoint_every = 1000
+    config_defaults.cifar10_run(config, encoder)
 
-    config.data.source = "tfds:cifar10"
-    config.data.image_size = 32
-    config.data.color_strength = 0.5
-    config.data.blur = False
-
-    config.model.name = encoder
-    config.model.stem = "cifar"
     config.model.head_layers = 2
     config.model.zero_init_residual = True
 

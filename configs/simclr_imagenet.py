@@ -22,26 +22,13 @@ def get_config(arg=None):
     config.method = "simclr"
     config.batch_size = 4096
     config.num_epochs = float(epochs)
-    config.log_every = 100
-    config.eval_every = 0
-    config.eval_at_start = False
-    config.checkpoint_every = 2500
+    config_defaults.imagenet_run(config)
 
-    config.data.source = "tfds:imagenet2012"
-    config.data.train_split = "train"
-    config.data.eval_split = "validation"
-    config.data.image_size = 224
     config.data.color_strength = 1.0
-    config.data.blur = True
-    config.data.eval_crop_fraction = 0.875
-
-    config.model.name = "resnet50"
     config.model.width = 1
-    config.model.stem = "imagenet"
     config.model.head_layers = 2
     config.model.head_hidden_dim = 2048
     config.model.head_out_dim = 128
-    config.model.dtype = "bfloat16"
     config.model.zero_init_residual = True
 
     config.optimizer.name = "lars"

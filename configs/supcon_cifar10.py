@@ -21,18 +21,9 @@ def get_config(arg=None):
     config = config_defaults.base("supcon")
     config.batch_size = 1024
     config.num_epochs = 1000.0
-    config.log_every = 50
-    config.eval_every = 5000
-    config.checkpoint_every = 1000
+    config_defaults.cifar10_run(config, encoder)
 
-    config.data.source = "tfds:cifar10"
-    config.data.image_size = 32
-    config.data.color_strength = 0.5
-    config.data.blur = False
     config.data.crop_area_min = 0.2
-
-    config.model.name = encoder
-    config.model.stem = "cifar"
     config.model.head_layers = 2
     config.model.head_out_dim = 128
     config.model.head_bn = False

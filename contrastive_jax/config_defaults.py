@@ -23,6 +23,7 @@ def base(method: str = "simclr") -> ml_collections.ConfigDict:
     config.log_every = 50
     config.eval_every = 0  # 0: at the start (random init) and the end only; < 0: never.
     config.eval_at_start = True
+    config.profile_steps = 0  # > 0: a jax.profiler trace of this many steps into the workdir
     config.checkpoint_every = 1000
     config.keep_checkpoints = 3
     # > 1: gradients over the batch in this many chunks per device (grad_cache.py), for batches
@@ -77,6 +78,9 @@ def base(method: str = "simclr") -> ml_collections.ConfigDict:
 
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 512
+    # contrastive_jax/evaluators: "knn", "linear", "zeroshot", "retrieval"; (): the method's
+    # default (image methods: knn + linear; image-text: zeroshot + retrieval, where data allows).
+    config.eval.evaluators = ()
     config.eval.knn_k = 200
     config.eval.knn_temperature = 0.1
     config.eval.linear_steps = 1000
@@ -95,14 +99,43 @@ def base(method: str = "simclr") -> ml_collections.ConfigDict:
         # Multiplies NT-Xent (the mean over 2N anchors): 2.0 is the reference's loss, the sum
         # of its two directions' means.
         config.loss.multiplier = 1.0
+        # "dcl" | "dclw": the positive out of the denominator (Yeh et al. 2022); dclw also
+        # weights the positive by its von Mises-Fisher weight at this sigma.
+        config.loss.decoupled = "none"
+        config.loss.dclw_sigma = 0.5
     if method == "supcon":
         # SupContrast scales its loss by temperature / base_temperature.
         config.loss.base_temperature = 0.07
     if method == "moco":
         _add_moco_fields(config)
+    if method == "nnclr":
+        _add_nnclr_fields(config)
+    if method == "byol":
+        _add_byol_fields(config)
+    if method == "simsiam":
+        _add_simsiam_fields(config)
+    if method == "moco_v3":
+        _add_moco_v3_fields(config)
+    if method == "swav":
+        _add_swav_fields(config)
     if method in ("clip", "siglip"):
         _add_image_text_fields(config, method)
     return config
+
+
+def _add_swav_fields(config: ml_collections.ConfigDict) -> None:
+    """SwAV's defaults (Caron et al. 2020 and its reference code): 3,000 prototypes, T = 0.1,
+    Sinkhorn epsilon 0.05 with 3 iterations, projection 2048-128 with BatchNorm, LARS at
+    0.6 x B/256 (the CIFAR-scale runs of the PyTorch SSL libraries), wd 1e-6."""
+    config.loss.temperature = 0.1
+    config.loss.num_prototypes = 3000
+    config.loss.sinkhorn_epsilon = 0.05
+    config.loss.sinkhorn_iterations = 3
+    config.loss.freeze_prototypes_steps = 0  # The reference freezes them for its first epoch.
+    config.model.head_layers = 2
+    config.model.head_hidden_dim = 2048
+    config.model.head_out_dim = 128
+    config.optimizer.learning_rate = 0.6
 
 
 def _add_moco_fields(config: ml_collections.ConfigDict) -> None:
@@ -117,6 +150,73 @@ def _add_moco_fields(config: ml_collections.ConfigDict) -> None:
     config.model.head_hidden_dim = 2048
     config.model.head_out_dim = 128
     config.model.head_bn = False
+
+
+def _add_byol_fields(config: ml_collections.ConfigDict) -> None:
+    """BYOL's ImageNet defaults (Grill et al. 2020, section 3.3). No temperature: the loss is
+    2 - 2 cos."""
+    del config.loss["temperature"]
+    config.loss.momentum = 0.996  # Target EMA tau at step 0 (tau_base).
+    config.loss.momentum_schedule = "cosine"  # tau rises to 1 at total_steps; or "constant".
+    config.model.head_layers = 2  # Projector: Dense 4096 -> BN -> ReLU -> Dense 256.
+    config.model.head_hidden_dim = 4096
+    config.model.head_out_dim = 256
+    config.model.predictor_layers = 2  # Predictor: the projector's shape, 256 -> 4096 -> 256.
+    config.model.predictor_hidden_dim = 4096
+    config.optimizer.name = "lars"
+    config.optimizer.learning_rate = 0.2  # x B / 256.
+    config.optimizer.weight_decay = 1.5e-6
+
+
+def _add_simsiam_fields(config: ml_collections.ConfigDict) -> None:
+    """SimSiam's ImageNet defaults (Chen & He 2021, section 3, baseline settings). No
+    temperature: the loss is a negative cosine."""
+    del config.loss["temperature"]
+    config.model.head_layers = 3  # Projector: 3 x (Dense 2048 -> BN), ReLU between.
+    config.model.head_hidden_dim = 2048
+    config.model.head_out_dim = 2048
+    config.model.predictor_layers = 2  # Predictor: the bottleneck 2048 -> 512 -> 2048.
+    config.model.predictor_hidden_dim = 512
+    config.optimizer.name = "sgd"
+    config.optimizer.learning_rate = 0.05  # x B / 256.
+    config.optimizer.weight_decay = 1e-4
+    config.optimizer.warmup_epochs = 0.0
+    # Parameter groups kept at the peak learning rate (optim.make_optimizer): the paper's
+    # predictor; () decays it with the rest.
+    config.optimizer.fixed_lr_params = ("predictor",)
+
+
+def _add_moco_v3_fields(config: ml_collections.ConfigDict) -> None:
+    """MoCo v3's ViT defaults (Chen, Xie and He 2021, appendix and the moco-v3 reference)."""
+    config.model.name = "vit"  # or a ResNet name (the paper's projector then has 2 layers)
+    config.model.variant = "S/16"  # ViT SIZE/PATCH, as the image-text towers name them
+    config.model.depth = ml_collections.config_dict.placeholder(int)  # None: the variant's
+    config.model.pool = "cls"
+    config.model.freeze_patch_embed = True  # ViT only: the patch projection stays at its init.
+    config.model.head_layers = 3  # Projector; its last BatchNorm has no scale or bias.
+    config.model.head_hidden_dim = 4096
+    config.model.head_out_dim = 256
+    config.model.predictor_layers = 2  # Predictor: 256 -> 4096 -> 256.
+    config.model.predictor_hidden_dim = 4096
+    config.loss.temperature = 0.2
+    config.loss.multiplier = ml_collections.config_dict.placeholder(float)  # None: 2 x T
+    config.loss.momentum = 0.99  # Momentum-encoder EMA m, raised to 1 on a cosine.
+    config.loss.momentum_schedule = "cosine"  # or "constant"
+    config.optimizer.name = "adamw"
+    config.optimizer.learning_rate = 1.5e-4  # x B / 256
+    config.optimizer.weight_decay = 0.1
+    config.optimizer.warmup_epochs = 40.0
+
+
+def _add_nnclr_fields(config: ml_collections.ConfigDict) -> None:
+    """NNCLR's ImageNet defaults (Dwibedi et al. 2021, 4.1): LARS 0.3 x B / 256 and weight
+    decay 1e-6 as the base config's."""
+    config.loss.temperature = 0.1
+    config.loss.support_set_size = 98_304  # FIFO queue of past projections; x batch_size.
+    config.model.head_layers = 3  # Projector: 2048 -> 2048 -> 256, BatchNorm after each.
+    config.model.head_hidden_dim = 2048
+    config.model.head_out_dim = 256
+    config.model.predictor_hidden_dim = 4096  # Predictor: 256 -> 4096 (BN, ReLU) -> 256.
 
 
 def _add_image_text_fields(config: ml_collections.ConfigDict, method: str) -> None:
@@ -140,9 +240,14 @@ def _add_image_text_fields(config: ml_collections.ConfigDict, method: str) -> No
     config.model.text_causal = True
     config.model.text_pool = "last"  # or "mean"
     config.model.scan_layers = False  # nn.scan over the transformer blocks (stacked params)
+    config.model.text_dropout = 0.0  # Text tower dropout in training; SimCSE: 0.1.
     config.model.remat_policy = "none"  # or a jax.checkpoint_policies name (transformer.py)
 
     config.loss.init_scale = 1 / 0.07 if method == "clip" else 10.0  # exp(t') at init
+    # SimCSE (Gao et al. 2021): weight * InfoNCE between two dropout views of each caption,
+    # added to the image-text loss; 0 is off. Needs model.text_dropout > 0.
+    config.loss.simcse_weight = 0.0
+    config.loss.simcse_temperature = 0.05
     if method == "clip":
         config.loss.max_scale = 100.0
     else:
@@ -230,4 +335,57 @@ def image_text_b16(method: str) -> ml_collections.ConfigDict:
     config.eval.batch_size = 4096
     config.eval.zeroshot_source = "tfds:imagenet2012"
     config.eval.zeroshot_split = "validation"  # TFDS's name; coco_captions' eval split is "val".
+    return config
+
+
+def cifar10_run(config: ml_collections.ConfigDict,
+                model: str | None = "resnet18") -> ml_collections.ConfigDict:
+    """What the image methods' CIFAR-10 recipes share: TFDS cifar10 (or `folder:PATH`) at 32x32
+    with SimCLR's CIFAR colour strength 0.5 and no blur, `model` (unless None) with the CIFAR
+    stem, a log line every 50 steps, evaluation every 5,000 and a checkpoint every 1,000."""
+    config.log_every = 50
+    config.eval_every = 5000
+    config.checkpoint_every = 1000
+    config.data.source = "tfds:cifar10"
+    config.data.image_size = 32
+    config.data.color_strength = 0.5
+    config.data.blur = False
+    if model is not None:
+        config.model.name = model
+        config.model.stem = "cifar"
+    return config
+
+
+def imagenet_run(config: ml_collections.ConfigDict,
+                 model: str | None = "resnet50") -> ml_collections.ConfigDict:
+    """What the ImageNet recipes share: TFDS imagenet2012 at 224x224 (evaluation: resize to 256,
+    centre crop 224) with blur, `model` (unless None) with the ImageNet stem, in bfloat16, a log
+    line every 100 steps, a checkpoint every 2,500 and evaluation at the end only."""
+    config.log_every = 100
+    config.eval_every = 0
+    config.eval_at_start = False
+    config.checkpoint_every = 2500
+    config.data.source = "tfds:imagenet2012"
+    config.data.train_split = "train"
+    config.data.eval_split = "validation"
+    config.data.image_size = 224
+    config.data.blur = True
+    config.data.eval_crop_fraction = 0.875
+    config.model.dtype = "bfloat16"
+    if model is not None:
+        config.model.name = model
+        config.model.stem = "imagenet"
+    return config
+
+
+def byol_views(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """BYOL's asymmetric views (Grill et al. 2020, appendix B; MoCo v3 takes them too): crops of
+    8-100%, colour strength 0.5, blur always on view 1 and one time in ten on view 2,
+    solarisation one time in five on view 2 only."""
+    config.data.crop_area_min = 0.08
+    config.data.color_strength = 0.5
+    config.data.blur = True
+    config.data.blur_prob = (1.0, 0.1)  # One probability per view (augment.two_views).
+    del config.data["solarize_prob"]  # A float by default; here a pair, one per view.
+    config.data.solarize_prob = (0.0, 0.2)
     return config

@@ -84,7 +84,8 @@ def validate(config: ml_collections.ConfigDict, method) -> None:
     """Refuses fsdp for a method whose loss is not split at the embeddings."""
     if config.parallel == "fsdp" and not hasattr(method, "loss_parts"):
         raise ValueError(f"config.parallel='fsdp' needs a loss over embeddings; method "
-                         f"{config.method!r} has none (SimCLR, SupCon, CLIP and SigLIP do)")
+                         f"{config.method!r} has none (SimCLR, SupCon, SimSiam, CLIP and "
+                         "SigLIP do)")
     num_devices = jax.device_count()
     size = config.get("fsdp_size", 0)
     if config.parallel == "fsdp" and (size < 0 or (size and num_devices % size)):

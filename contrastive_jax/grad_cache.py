@@ -115,7 +115,8 @@ def validate(config: ml_collections.ConfigDict, method, num_devices: int) -> Non
         raise ValueError(f"config.grad_cache_chunks must be >= 1, got {chunks}")
     if not hasattr(method, "loss_parts"):
         raise ValueError(f"config.grad_cache_chunks={chunks}: method {config.method!r} has no "
-                         "loss over embeddings to cache (SimCLR, SupCon, CLIP and SigLIP do)")
+                         "loss over embeddings to cache (SimCLR, SupCon, SimSiam, CLIP and "
+                         "SigLIP do)")
     per_device = config.batch_size // num_devices
     if per_device % chunks:
         raise ValueError(f"config.grad_cache_chunks={chunks} does not divide the per-device "

@@ -355,3 +355,107 @@ def n_pair_loss(anchor: Array, positive: Array, *, axis_name: str | None = None)
     rows = global_offset(f.shape[0], axis_name) + jnp.arange(f.shape[0])
     positive_mask = rows[:, None] == jnp.arange(all_positive.shape[0])[None, :]
     return _softmax_loss_and_metrics(f @ all_positive.T, positive_mask, False)
+
+
+def negative_cosine(prediction: Array, target: Array) -> Array:
+    """SimSiam's D(p, z) (Chen & He 2021, eq. 1): the mean over rows of -cos(p_i, z_i).
+
+    No stop-gradient here: the method applies it to the target. Pointwise per pair, so under a
+    named axis the pmean of per-device means is the global mean.
+    """
+    return -jnp.mean(jnp.sum(l2_normalize(prediction) * l2_normalize(target), axis=-1))
+
+
+def byol_loss(prediction: Array, target: Array) -> Array:
+    """BYOL's regression loss (Grill et al. 2020, eq. 2): the mean over rows of
+    ||p_i/|p_i| - z_i/|z_i|||^2 = 2 - 2 cos(p_i, z_i).
+
+    No stop-gradient here: the target comes from the EMA network, which the method keeps out of
+    the gradient. Pointwise per pair, so under a named axis the pmean of per-device means is the
+    global mean.
+    """
+    return 2.0 + 2.0 * negative_cosine(prediction, target)
+
+
+def _vmf_weights(z1: Array, z2: Array, sigma: float, axis_name: str | None) -> Array:
+    """DCLW's von Mises-Fisher weight of each local positive pair,
+    w_i = 2 - exp(c_i / sigma) / E_j[exp(c_j / sigma)], c = cos(z1, z2), E over the global batch
+    (a log-sum-exp of the gathered cosines, so it cannot overflow)."""
+    cosines = jnp.sum(l2_normalize(z1) * l2_normalize(z2), axis=-1) / sigma
+    all_cosines = gather(cosines, axis_name)
+    log_mean = jax.nn.logsumexp(all_cosines) - jnp.log(all_cosines.shape[0])
+    return 2.0 - jnp.exp(cosines - log_mean)
+
+
+def dcl(
+    z1: Array, z2: Array, temperature: float, *, weight_sigma: float | None = None,
+    axis_name: str | None = None, with_metrics: bool = False,
+) -> Array | tuple[Array, Metrics]:
+    """Decoupled contrastive loss, DCL, and with `weight_sigma` its weighted form DCLW (Yeh et al.
+    2022, "Decoupled Contrastive Learning").
+
+    NT-Xent with the positive taken out of the denominator: anchor i with positive j (its other
+    view) has l(i) = -w_i s_ij + log sum_{k != i, j} exp(s_ik), s = cos / T over the 2N
+    embeddings of both views, and L is the mean over all 2N anchors (the reference sums its two
+    directions' means: `loss.multiplier = 2`). DCL has w = 1; DCLW the von Mises-Fisher weight
+    w_i = 2 - exp(cos(z1_i, z2_i) / sigma) / E_k[exp(cos(z1_k, z2_k) / sigma)], the mean over the
+    global batch, which down-weights easy positives. As in the authors' code the weight is not
+    stop-gradiented. Metrics are nt_xent's: the positive among all candidates.
+    """
+    logits, anchor_ids, candidate_ids = _two_view_logits(z1, z2, temperature, axis_name)
+    num_global = candidate_ids.shape[0] // 2
+    partner_ids = (anchor_ids + num_global) % (2 * num_global)
+    positive_mask = partner_ids[:, None] == candidate_ids[None, :]
+    positive = jnp.sum(jnp.where(positive_mask, logits, 0.0), axis=-1)
+    negative = jax.nn.logsumexp(jnp.where(positive_mask, _MASKED, logits), axis=-1)
+    if weight_sigma is not None:
+        weights = _vmf_weights(z1, z2, weight_sigma, axis_name)
+        positive = jnp.concatenate([weights, weights]) * positive
+    loss = jnp.mean(negative - positive)
+    if not with_metrics:
+        return loss
+    _, metrics = _softmax_loss_and_metrics(logits, positive_mask, with_metrics=True)
+    return loss, metrics
+
+
+def sinkhorn_knopp(scores: Array, epsilon: float = 0.05, iterations: int = 3, *,
+                   axis_name: str | None = None) -> Array:
+    """SwAV's codes (Caron et al. 2020, section 3.1): the soft assignment of the global batch to
+    K prototypes nearest to exp(scores / epsilon) under an equal partition, by `iterations` of
+    Sinkhorn-Knopp's alternating normalisation.
+
+    `scores` [n, K] are this device's rows; the sums run over every device's rows. Returns codes
+    [n, K] without gradient: each row sums to 1 and each prototype receives B / K of the batch's
+    mass (exactly after the last row step, approximately after the column steps).
+    """
+    logits = jax.lax.stop_gradient(scores).astype(jnp.float32) / epsilon
+    batch_max = jnp.max(logits)
+    batch_max = batch_max if axis_name is None else jax.lax.pmax(batch_max, axis_name)
+    codes = jnp.exp(logits - batch_max)  # A constant factor, which the first step removes.
+    total = lambda x: x if axis_name is None else jax.lax.psum(x, axis_name)  # noqa: E731
+    num_rows, num_prototypes = total(codes.shape[0]), codes.shape[1]
+    codes = codes / total(jnp.sum(codes))
+    for _ in range(iterations):
+        codes = codes / (total(jnp.sum(codes, axis=0, keepdims=True)) * num_prototypes)
+        codes = codes / (jnp.sum(codes, axis=1, keepdims=True) * num_rows)
+    return codes * num_rows
+
+
+def swav_loss(scores1: Array, scores2: Array, temperature: float, *, epsilon: float = 0.05,
+              iterations: int = 3, axis_name: str | None = None) -> Array:
+    """SwAV's swapped prediction (Caron et al. 2020, eq. 1-2) for two views: each view's codes
+    (`sinkhorn_knopp` over the global batch, no gradient) are the targets of the other view's
+    softmax(scores / T); the mean over the local rows of the two cross-entropies, halved.
+
+    `scores` are cosines to the prototypes. Per example once the codes are fixed, so under a
+    named axis the pmean of per-device losses, and of their gradients, are the global ones.
+    """
+    _check_temperature(temperature)
+    codes1 = sinkhorn_knopp(scores1, epsilon, iterations, axis_name=axis_name)
+    codes2 = sinkhorn_knopp(scores2, epsilon, iterations, axis_name=axis_name)
+
+    def cross_entropy(codes, scores):
+        log_probs = jax.nn.log_softmax(scores.astype(jnp.float32) / temperature, axis=-1)
+        return -jnp.mean(jnp.sum(codes * log_probs, axis=-1))
+
+    return 0.5 * (cross_entropy(codes1, scores2) + cross_entropy(codes2, scores1))

@@ -11,7 +11,9 @@ fraction per step, independent of the peak learning rate. At lr 1e-3 the two dif
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import Callable
 
 import jax
 import ml_collections
@@ -59,11 +61,41 @@ def weight_decay_mask(params) -> object:
 
 def make_optimizer(opt_config: ml_collections.ConfigDict, *, total_steps: int,
                    batch_size: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """The optimizer `opt_config` names, with its learning-rate schedule (for logging)."""
+    """The optimizer `opt_config` names, with its learning-rate schedule (for logging).
+
+    Top-level parameter groups named in `opt_config.fixed_lr_params` (SimSiam's predictor, Chen
+    & He 2021, 4.2) are updated at the peak learning rate throughout: no warmup, no decay.
+    """
     peak = scale_learning_rate(opt_config.learning_rate, batch_size, opt_config.lr_scaling)
     multiplier = learning_rate_schedule(1.0, total_steps=total_steps,
                                         warmup_steps=opt_config.warmup_steps,
                                         schedule=opt_config.get("schedule", "cosine"))
+    schedule = lambda step: peak * multiplier(step)  # noqa: E731
+    tx = _scheduled_optimizer(opt_config, peak, multiplier)
+    fixed = tuple(opt_config.get("fixed_lr_params", ()))
+    if fixed:
+        tx = optax.multi_transform(
+            {"scheduled": tx,
+             "fixed": _scheduled_optimizer(opt_config, peak, optax.constant_schedule(1.0))},
+            functools.partial(_fixed_lr_labels, fixed))
+    if opt_config.get("grad_clip_norm"):
+        tx = optax.chain(optax.clip_by_global_norm(opt_config.grad_clip_norm), tx)
+    return tx, schedule
+
+
+def _fixed_lr_labels(fixed: tuple[str, ...], params) -> dict:
+    """"fixed" for every leaf of the top-level groups in `fixed`, else "scheduled"."""
+    missing = set(fixed) - set(params)
+    if missing:
+        raise ValueError(f"config.optimizer.fixed_lr_params names {sorted(missing)}, which the "
+                         f"model does not have; its parameter groups are {sorted(params)}")
+    return {name: jax.tree.map(lambda _: "fixed" if name in fixed else "scheduled", group)
+            for name, group in params.items()}
+
+
+def _scheduled_optimizer(opt_config: ml_collections.ConfigDict, peak: float,
+                         multiplier: optax.Schedule) -> optax.GradientTransformation:
+    """The optimizer `opt_config` names at learning rate peak * multiplier(step)."""
     schedule = lambda step: peak * multiplier(step)  # noqa: E731
     name = opt_config.name
     mode = opt_config.get("weight_decay_mode", "lr_scaled")
@@ -74,24 +106,30 @@ def make_optimizer(opt_config: ml_collections.ConfigDict, *, total_steps: int,
         raise ValueError(f"weight_decay_mode 'decoupled' is AdamW's (big_vision); optimizer "
                          f"{name!r} takes 'lr_scaled'")
     if name == "adamw" and mode == "decoupled":
-        tx = optax.chain(
+        return optax.chain(
             optax.scale_by_adam(b1=opt_config.b1, b2=opt_config.b2, eps=opt_config.eps),
             optax.scale(peak),
             optax.add_decayed_weights(opt_config.weight_decay, weight_decay_mask),
             optax.scale_by_schedule(multiplier),
             optax.scale(-1.0))
-    elif name == "lars":
-        tx = optax.lars(schedule, weight_decay=opt_config.weight_decay,
-                        weight_decay_mask=weight_decay_mask, trust_coefficient=0.001,
-                        trust_ratio_mask=weight_decay_mask, momentum=opt_config.momentum)
-    elif name == "adamw":
-        tx = optax.adamw(schedule, b1=opt_config.b1, b2=opt_config.b2, eps=opt_config.eps,
-                         weight_decay=opt_config.weight_decay, mask=weight_decay_mask)
-    elif name == "sgd":
-        tx = optax.chain(optax.add_decayed_weights(opt_config.weight_decay, weight_decay_mask),
-                         optax.sgd(schedule, momentum=opt_config.momentum))
-    else:
-        raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
-    if opt_config.get("grad_clip_norm"):
-        tx = optax.chain(optax.clip_by_global_norm(opt_config.grad_clip_norm), tx)
-    return tx, schedule
+    if name == "lars":
+        return optax.lars(schedule, weight_decay=opt_config.weight_decay,
+                          weight_decay_mask=weight_decay_mask, trust_coefficient=0.001,
+                          trust_ratio_mask=weight_decay_mask, momentum=opt_config.momentum)
+    if name == "adamw":
+        return optax.adamw(schedule, b1=opt_config.b1, b2=opt_config.b2, eps=opt_config.eps,
+                           weight_decay=opt_config.weight_decay, mask=weight_decay_mask)
+    if name == "sgd":
+        return optax.chain(optax.add_decayed_weights(opt_config.weight_decay, weight_decay_mask),
+                           optax.sgd(schedule, momentum=opt_config.momentum))
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
+
+
+def freeze(tx: optax.GradientTransformation,
+           is_frozen: Callable[[object], object]) -> optax.GradientTransformation:
+    """`tx` for the parameters `is_frozen(params)` marks False; a zero update (no step, no
+    weight decay, no optimizer state) for those it marks True, such as MoCo v3's fixed random
+    patch projection."""
+    labels = lambda params: jax.tree.map(  # noqa: E731
+        lambda frozen: "frozen" if frozen else "trained", is_frozen(params))
+    return optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)

@@ -19,7 +19,7 @@ from test_train import REPO, tiny_config
 CONFIG_ARGS = {"simclr_cifar10.py": ["resnet18", "resnet50", "resnet18_readme"],
                "simclr_imagenet.py": ["100", "1000"],
                "supcon_cifar10.py": ["resnet18", "resnet50"], "clip_cifar10.py": ["mu", "ti"],
-               "siglip_cifar10.py": ["mu", "ti"]}
+               "siglip_cifar10.py": ["mu", "ti"], "moco_v3_cifar10.py": ["mu", "ti"]}
 CASES = [(os.path.basename(path), arg)
          for path in sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
          for arg in CONFIG_ARGS.get(os.path.basename(path), [None])]

@@ -1,6 +1,6 @@
 """parallel="fsdp" against the shard_map step on 8 devices: the same losses and parameters for
-SimCLR (BatchNorm, LARS) and SigLIP (ring, AdamW), also with gradient caching, and about 1/D of
-the state per device."""
+SimCLR (BatchNorm, LARS) and SigLIP (ring, AdamW), SimCLR also with gradient caching, and about
+1/D of the state per device."""
 
 import os
 import shutil
@@ -59,25 +59,22 @@ def test_fsdp_step_equals_shard_map_with_batchnorm_and_the_siglip_ring():
 
 
 def test_fsdp_with_gradient_caching_equals_shard_map_with_it():
-    """4 examples per device in 2 chunks, one SGD step at lr 1 (so the update is the gradient):
-    SimCLR's BatchNorm statistics per chunk are those of shard_map's chunks (each a slice of
-    every device's rows), and CLIP's towers have none. Float32 sums in another order: the
-    tolerance is 1e-5 of the largest gradient; the chunking itself moves parameters by ~1."""
+    """SimCLR, 4 examples per device in 2 chunks, one SGD step at lr 1 (so the update is the
+    gradient): BatchNorm's statistics per chunk are those of shard_map's chunks (each a slice of
+    every device's rows). Float32 sums in another order: the tolerance is 1e-5 of the largest
+    parameter; the chunking itself moves parameters by ~1."""
     sgd = {"optimizer.name": "sgd", "optimizer.learning_rate": 1.0, "optimizer.momentum": 0.0,
            "optimizer.weight_decay": 0.0, "optimizer.lr_scaling": "none",
            "optimizer.warmup_steps": 0, "optimizer.grad_clip_norm": 0.0}
-    for config in (tiny_config("simclr", batch_size=32, total_steps=1, grad_cache_chunks=2,
-                               **sgd),
-                   image_text_config("clip", batch_size=32, total_steps=1, grad_cache_chunks=2,
-                                     **sgd)):
-        config = train.resolve_steps(config, 64)
-        batches = _batches(config, 1)
-        want_losses, want = _run(config, "shard_map", batches)
-        losses, got = _run(config, "fsdp", batches)
-        np.testing.assert_allclose(losses, want_losses, rtol=1e-6)
-        largest = max(float(np.abs(g).max()) for g in jax.tree.leaves(want.params))
-        assert_trees_equal(got.params, want.params, rtol=1e-5, atol=1e-5 * largest)
-        assert_trees_equal(got.batch_stats, want.batch_stats, rtol=1e-5, atol=1e-6)
+    config = train.resolve_steps(tiny_config("simclr", batch_size=32, total_steps=1,
+                                             grad_cache_chunks=2, **sgd), 64)
+    batches = _batches(config, 1)
+    want_losses, want = _run(config, "shard_map", batches)
+    losses, got = _run(config, "fsdp", batches)
+    np.testing.assert_allclose(losses, want_losses, rtol=1e-6)
+    largest = max(float(np.abs(g).max()) for g in jax.tree.leaves(want.params))
+    assert_trees_equal(got.params, want.params, rtol=1e-5, atol=1e-5 * largest)
+    assert_trees_equal(got.batch_stats, want.batch_stats, rtol=1e-5, atol=1e-6)
 
 
 def _check_fsdp_equals_shard_map(config):

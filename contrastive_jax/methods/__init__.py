@@ -15,11 +15,13 @@ A method module provides
 
 and optionally `validate(config)` (refuses settings the method cannot run), `init_extra(config,
 variables, rng)` (state beside the parameters, such as MoCo's key encoder and queue),
-`after_update(config, state) -> state` (runs after the optimizer step) and `loss_parts(model,
-config, axis_name) -> grad_cache.LossParts` (the loss split at the embeddings, which gradient
-caching and `parallel = "fsdp"` need; SimCLR, SupCon, CLIP and SigLIP have it). Image-text methods set
-`IMAGE_TEXT = True` and add `embed_images(model)` / `embed_texts(model)` for zero-shot
-classification and retrieval.
+`after_update(config, state) -> state` (runs after the optimizer step), `frozen_params(config,
+params) -> tree of bool` (parameters the optimizer leaves as they are: MoCo v3's patch
+projection) and `loss_parts(model, config, axis_name) -> grad_cache.LossParts` (the loss split
+at the embeddings, which gradient caching and `parallel = "fsdp"` need; SimCLR, SupCon, CLIP,
+SigLIP and SimSiam have it).
+Image-text methods set `IMAGE_TEXT = True` and add `embed_images(model)` /
+`embed_texts(model)` for zero-shot classification and retrieval.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-METHODS = ("simclr", "moco", "supcon", "clip", "siglip")
+METHODS = ("simclr", "moco", "supcon", "clip", "siglip", "byol", "simsiam", "moco_v3",
+           "nnclr", "swav")
 
 
 def get(name: str) -> ModuleType:

@@ -6,6 +6,13 @@ The image tower is a ViT (`model.name = "vit"`, `model.variant` such as "B/16") 
 tower is a transformer over the tokenizer's ids (`models/text.py`). The methods differ only in
 the loss, the initial scale / bias and what `after_update` does, so `clip.py` and `siglip.py`
 are a few lines on top of this module.
+
+SimCSE (Gao et al. 2021, unsupervised) is an option of both: with `model.text_dropout` > 0 (the
+paper's 0.1) and `loss.simcse_weight` > 0, each caption goes through the text tower twice with
+different dropout masks, and the weight times the InfoNCE of the two views (each caption's
+second view its positive, the other captions' of all devices its negatives, one direction as
+the paper's, temperature `loss.simcse_temperature`, the paper's 0.05) is added to the
+image-text loss. The masks are drawn from the step key folded with the device index.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from contrastive_jax import grad_cache
+from contrastive_jax import grad_cache, losses
 from contrastive_jax.models import resnet, text, vit
 
 Array = jax.Array
@@ -91,7 +98,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int, axis_name: 
         width=model_config.text_width, depth=model_config.text_depth,
         num_heads=model_config.text_heads, mlp_dim=model_config.text_mlp_dim,
         causal=model_config.text_causal, pool=model_config.text_pool, dtype=dtype,
-        **_layer_options(model_config))
+        dropout_rate=model_config.get("text_dropout", 0.0), **_layer_options(model_config))
     return ImageTextModel(image_encoder=build_image_encoder(config, axis_name),
                           text_encoder=text_encoder, embed_dim=model_config.embed_dim,
                           init_log_scale=init_log_scale, init_bias=init_bias, dtype=dtype)
@@ -114,29 +121,74 @@ def _variables(variables: dict) -> dict:
     return {name: value for name, value in variables.items() if name == "params" or value}
 
 
+def validate_text_dropout(config: ml_collections.ConfigDict) -> None:
+    """Refuses text dropout and SimCSE settings that cannot run or would mean nothing."""
+    dropout = config.model.get("text_dropout", 0.0)
+    weight = config.loss.get("simcse_weight", 0.0)
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"config.model.text_dropout must be in [0, 1), got {dropout}")
+    if weight < 0:
+        raise ValueError(f"config.loss.simcse_weight must be >= 0, got {weight}")
+    if weight > 0 and dropout == 0:
+        raise ValueError("config.loss.simcse_weight > 0 needs config.model.text_dropout > 0 "
+                         "(SimCSE: 0.1); without dropout the two text views are identical")
+    if weight > 0 and config.loss.simcse_temperature <= 0:
+        raise ValueError("config.loss.simcse_temperature must be > 0, got "
+                         f"{config.loss.simcse_temperature}")
+    if dropout > 0 and (config.get("grad_cache_chunks", 1) > 1 or config.parallel == "fsdp"):
+        raise ValueError("config.model.text_dropout > 0 draws dropout masks from the step key, "
+                         "which gradient caching (grad_cache_chunks > 1) and parallel='fsdp' do "
+                         "not pass to the towers; use pmap or shard_map without chunks")
+
+
+def dropout_key(rng: Array, axis_name: str | None) -> Array:
+    """This device's dropout key: the step key, the same on every device, folded with the
+    device's index on `axis_name`, so that each device draws its own masks."""
+    if axis_name is None:
+        return rng
+    return jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+
+
 def pair_parts(model: ImageTextModel,
-               loss: Callable[[Array, Array, Array, Array | None], tuple[Array, dict]]
-               ) -> grad_cache.LossParts:
+               loss: Callable[[Array, Array, Array, Array | None], tuple[Array, dict]],
+               config: ml_collections.ConfigDict, axis_name: str | None,
+               dropout_rng: Array | None = None) -> grad_cache.LossParts:
     """Both towers on this device's pairs, then `loss(image, text, scale, bias)` (which gathers
-    from the other devices) with the scale and bias read from the parameters."""
+    from the other devices) with the scale and bias read from the parameters, plus SimCSE's
+    term when `loss.simcse_weight` > 0. Dropout draws from `dropout_rng`; None (gradient
+    caching, fsdp) passes no key, which `validate_text_dropout` allows only without dropout."""
+    simcse_weight = config.loss.get("simcse_weight", 0.0)
+    rngs = {} if dropout_rng is None else {"dropout": dropout_rng}
 
     def embed(params, batch_stats, batch):
         def towers(module, images, tokens):
             return module.embed_images(images, train=True), module.embed_texts(tokens, train=True)
 
-        embeddings, updates = model.apply(
+        tokens = batch["text"]
+        n = tokens.shape[0]
+        if simcse_weight:  # Both views in one pass: every row draws its own dropout mask.
+            tokens = jnp.concatenate([tokens, tokens])
+        (images, texts), updates = model.apply(
             _variables({"params": params, "batch_stats": batch_stats}), batch["image"],
-            batch["text"], method=towers, mutable=["batch_stats"])
-        return embeddings, updates.get("batch_stats", batch_stats)
+            tokens, method=towers, mutable=["batch_stats"], rngs=rngs)
+        outputs = {"image": images, "text": texts[:n]}
+        if simcse_weight:
+            outputs["text_view2"] = texts[n:]
+        return outputs, updates.get("batch_stats", batch_stats)
 
-    def loss_on(params, embeddings, batch):
+    def loss_on(params, outputs, batch):
         del batch
         scale = jnp.exp(params["log_scale"])
         bias = params.get("bias")
-        value, metrics = loss(*embeddings, scale, bias)
+        value, metrics = loss(outputs["image"], outputs["text"], scale, bias)
         metrics = {**metrics, "scale": scale}
         if bias is not None:
             metrics["bias"] = bias
+        if simcse_weight:
+            simcse = losses.info_nce(outputs["text"], outputs["text_view2"],
+                                     config.loss.simcse_temperature, axis_name=axis_name)
+            value = value + simcse_weight * simcse
+            metrics["simcse_loss"] = simcse
         return value, metrics
 
     return grad_cache.LossParts(embed, loss_on)

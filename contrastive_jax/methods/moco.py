@@ -36,8 +36,8 @@ from contrastive_jax import losses
 from contrastive_jax.methods import simclr
 from contrastive_jax.methods.simclr import batch_shapes, encoder_features, init_variables
 
-__all__ = ["after_update", "batch_shapes", "build_model", "encoder_features", "init_extra",
-           "init_variables", "loss_fn", "momentum_at", "validate"]
+__all__ = ["after_update", "batch_shapes", "build_model", "check_momentum", "encoder_features",
+           "init_extra", "init_variables", "loss_fn", "momentum_at", "validate"]
 
 Array = jax.Array
 BN_MODES = ("shuffle", "global")
@@ -53,15 +53,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.loss.queue_size ({config.loss.queue_size}) must be a positive "
                          f"multiple of batch_size ({config.batch_size}), so that every step "
                          "replaces whole batches of keys")
+    check_momentum(config)
+    per_device = config.batch_size // jax.device_count()
+    if config.model.bn_splits < 1 or per_device % config.model.bn_splits:
+        raise ValueError(f"config.model.bn_splits ({config.model.bn_splits}) must divide the "
+                         f"per-device batch ({per_device})")
+
+
+def check_momentum(config: ml_collections.ConfigDict) -> None:
+    """Refuses an EMA momentum outside [0, 1] or an unknown momentum schedule (MoCo, BYOL)."""
     if not 0.0 <= config.loss.momentum <= 1.0:
         raise ValueError(f"config.loss.momentum must be in [0, 1], got {config.loss.momentum}")
     if config.loss.momentum_schedule not in MOMENTUM_SCHEDULES:
         raise ValueError(f"config.loss.momentum_schedule must be one of {MOMENTUM_SCHEDULES}, "
                          f"got {config.loss.momentum_schedule!r}")
-    per_device = config.batch_size // jax.device_count()
-    if config.model.bn_splits < 1 or per_device % config.model.bn_splits:
-        raise ValueError(f"config.model.bn_splits ({config.model.bn_splits}) must divide the "
-                         f"per-device batch ({per_device})")
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int,

@@ -22,6 +22,7 @@ IMPLS = ("all_gather", "ring")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
+    image_text.validate_text_dropout(config)
     if config.loss.init_scale <= 0:
         raise ValueError(f"config.loss.init_scale must be > 0, got {config.loss.init_scale}")
     if config.loss.siglip_impl not in IMPLS:
@@ -37,17 +38,19 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int,
 
 
 def loss_parts(model: image_text.ImageTextModel, config: ml_collections.ConfigDict,
-               axis_name: str | None) -> grad_cache.LossParts:
-    """SigLIP's loss over the global batch; metrics include the scale and bias."""
+               axis_name: str | None, dropout_rng: jax.Array | None = None
+               ) -> grad_cache.LossParts:
+    """SigLIP's loss over the global batch (and SimCSE's term, if on); metrics include the
+    scale and bias. The text tower's dropout draws from `dropout_rng` (gradient caching and
+    fsdp pass none: `image_text.validate_text_dropout` keeps dropout off there)."""
     return image_text.pair_parts(
         model, lambda img, txt, scale, bias: losses.siglip_loss(
             img, txt, scale, bias, axis_name=axis_name, impl=config.loss.siglip_impl,
-            with_metrics=True))
+            with_metrics=True), config, axis_name, dropout_rng)
 
 
 def loss_fn(model: image_text.ImageTextModel, config: ml_collections.ConfigDict, params, state,
             batch: dict[str, jax.Array], rng: jax.Array, axis_name: str | None):
-    """`loss_parts` in one pass."""
-    del rng
-    return grad_cache.one_pass(loss_parts(model, config, axis_name), params, state.batch_stats,
-                               batch)
+    """`loss_parts` in one pass, text dropout drawn from this device's fold of `rng`."""
+    parts = loss_parts(model, config, axis_name, image_text.dropout_key(rng, axis_name))
+    return grad_cache.one_pass(parts, params, state.batch_stats, batch)

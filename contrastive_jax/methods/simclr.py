@@ -19,6 +19,7 @@ from contrastive_jax import grad_cache, losses
 from contrastive_jax.models import heads, resnet
 
 Array = jax.Array
+DECOUPLED = ("none", "dcl", "dclw")  # loss.decoupled: NT-Xent, DCL, DCLW (Yeh et al. 2022)
 
 
 class SimCLRModel(nn.Module):
@@ -40,16 +41,27 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int,
                 axis_name: str | None) -> SimCLRModel:
     """The ResNet encoder and projection head that `config.model` describes."""
     model_config = config.model
-    dtype = jnp.dtype(model_config.get("dtype", "float32"))
-    encoder = resnet.resnet(
-        model_config.name, width=model_config.width, stem=model_config.stem,
-        base_width=model_config.get("base_width", 64), bn_axis_name=axis_name,
-        zero_init_residual=model_config.get("zero_init_residual", False), dtype=dtype)
     projection = heads.ProjectionHead(
         num_layers=model_config.head_layers, hidden_dim=model_config.get("head_hidden_dim"),
         out_dim=model_config.head_out_dim, use_bn=model_config.get("head_bn", True),
-        bn_axis_name=axis_name, dtype=dtype)
-    return SimCLRModel(encoder=encoder, projection=projection, num_classes=num_classes)
+        bn_axis_name=axis_name, dtype=model_dtype(config))
+    return SimCLRModel(encoder=build_encoder(config, axis_name), projection=projection,
+                       num_classes=num_classes)
+
+
+def model_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
+    """The compute dtype of `config.model` (float32 unless set)."""
+    return jnp.dtype(config.model.get("dtype", "float32"))
+
+
+def build_encoder(config: ml_collections.ConfigDict, axis_name: str | None) -> nn.Module:
+    """The ResNet of `config.model`, BatchNorm synchronised over `axis_name`."""
+    model_config = config.model
+    return resnet.resnet(
+        model_config.name, width=model_config.width, stem=model_config.stem,
+        base_width=model_config.get("base_width", 64), bn_axis_name=axis_name,
+        zero_init_residual=model_config.get("zero_init_residual", False),
+        dtype=model_dtype(config))
 
 
 def init_variables(model: SimCLRModel, config: ml_collections.ConfigDict, rng: Array) -> dict:
@@ -102,14 +114,35 @@ def two_view_parts(model: nn.Module,
     return grad_cache.LossParts(embed, loss_on)
 
 
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Refuses a `loss.decoupled` that is not a loss, or a DCLW sigma <= 0."""
+    decoupled = config.loss.get("decoupled", "none")
+    if decoupled not in DECOUPLED:
+        raise ValueError(f"config.loss.decoupled must be one of {DECOUPLED}, got {decoupled!r}")
+    if decoupled == "dclw" and config.loss.dclw_sigma <= 0:
+        raise ValueError(f"config.loss.dclw_sigma must be > 0, got {config.loss.dclw_sigma}")
+
+
+def contrastive_loss(config: ml_collections.ConfigDict, axis_name: str | None
+                     ) -> Callable[[Array, Array, Array], tuple[Array, dict]]:
+    """`(z1, z2, labels) -> (loss, metrics)`: NT-Xent, or with `loss.decoupled` DCL / DCLW."""
+    temperature = config.loss.temperature
+    decoupled = config.loss.get("decoupled", "none")
+    if decoupled == "none":
+        return lambda z1, z2, labels: losses.nt_xent(z1, z2, temperature, axis_name=axis_name,
+                                                     with_metrics=True)
+    sigma = config.loss.dclw_sigma if decoupled == "dclw" else None
+    return lambda z1, z2, labels: losses.dcl(z1, z2, temperature, weight_sigma=sigma,
+                                             axis_name=axis_name, with_metrics=True)
+
+
 def loss_parts(model: SimCLRModel, config: ml_collections.ConfigDict,
                axis_name: str | None) -> grad_cache.LossParts:
-    """NT-Xent of the two views' projections over all devices (times `loss.multiplier`: 2.0
-    is the reference's sum of both directions), plus the online probe."""
-    return two_view_parts(
-        model, lambda z1, z2, labels: losses.nt_xent(z1, z2, config.loss.temperature,
-                                                     axis_name=axis_name, with_metrics=True),
-        multiplier=config.loss.get("multiplier", 1.0))
+    """NT-Xent (or DCL / DCLW, `loss.decoupled`) of the two views' projections over all devices
+    (times `loss.multiplier`: 2.0 is the reference's sum of both directions), plus the online
+    probe."""
+    return two_view_parts(model, contrastive_loss(config, axis_name),
+                          multiplier=config.loss.get("multiplier", 1.0))
 
 
 def loss_fn(model: SimCLRModel, config: ml_collections.ConfigDict, params, state,

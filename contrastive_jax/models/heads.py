@@ -52,3 +52,37 @@ class LinearProbe(nn.Module):
     @nn.compact
     def __call__(self, features: Array) -> Array:
         return nn.Dense(self.num_classes)(jax.lax.stop_gradient(features).astype(jnp.float32))
+
+
+class BatchNormMLP(nn.Module):
+    """The MLPs of BYOL and SimSiam: `num_layers` Dense layers, each hidden one Dense ->
+    BatchNorm -> ReLU; the output Dense has a bias, or with `output_bn` is followed by a
+    BatchNorm without scale or bias (SimSiam's projector).
+
+    BYOL's projector and predictor (Grill et al. 2020, 3.3) are 2 layers 4096 -> 256; SimSiam's
+    projector (Chen & He 2021, 4) has BN on every layer, its predictor is the 2-layer 512-wide
+    bottleneck. ProjectionHead cannot express these: its last BatchNorm learns a scale and its
+    output Dense has no bias. BatchNorm is synchronised over `bn_axis_name`.
+    """
+
+    num_layers: int = 2
+    hidden_dim: int = 4096
+    out_dim: int = 256
+    output_bn: bool = False
+    bn_axis_name: str | None = None
+    dtype: Any = jnp.float32
+
+    def _batch_norm(self, train: bool, affine: bool) -> nn.BatchNorm:
+        return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                            use_scale=affine, use_bias=affine, dtype=self.dtype,
+                            axis_name=self.bn_axis_name)
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool) -> Array:
+        for _ in range(self.num_layers - 1):
+            x = nn.Dense(self.hidden_dim, use_bias=False, dtype=self.dtype)(x)
+            x = nn.relu(self._batch_norm(train, affine=True)(x))
+        x = nn.Dense(self.out_dim, use_bias=not self.output_bn, dtype=self.dtype)(x)
+        if self.output_bn:
+            x = self._batch_norm(train, affine=False)(x)
+        return x

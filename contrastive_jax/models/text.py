@@ -5,6 +5,10 @@ that hides padding keys (token id `PAD_ID`) and, when `causal`, later positions,
 never changes the state of a real token. "last" pooling takes the state at each row's last real
 token (CLIP pools at its end-of-text token, which the tokenizer puts last); "mean" averages the
 real tokens. The projection into the joint space lives in methods/image_text.py, not here.
+
+`dropout_rate` (default 0: none, CLIP's tower) drops the embeddings and, inside the encoder,
+BERT's way, in training calls only; SimCSE (Gao et al. 2021) uses 0.1 to make two views of one
+caption. The parameter tree does not depend on it.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class TextTransformer(nn.Module):
     dtype: Any = jnp.float32
     scan_layers: bool = False  # transformer.Encoder's: nn.scan over the blocks
     remat_policy: str = "none"  # transformer.Encoder's: what a block keeps for the backward
+    dropout_rate: float = 0.0  # In training calls; draws from the "dropout" key.
 
     def __post_init__(self) -> None:
         if self.pool not in POOLS:
@@ -45,7 +50,6 @@ class TextTransformer(nn.Module):
 
     @nn.compact
     def __call__(self, tokens: Array, train: bool) -> Array:
-        del train  # no dropout; accepted so that every tower has the same interface
         length = tokens.shape[1]
         if length > self.max_len:
             raise ValueError(f"text length {length} exceeds max_len {self.max_len}")
@@ -56,9 +60,11 @@ class TextTransformer(nn.Module):
         pos_embedding = self.param("pos_embedding", nn.initializers.normal(stddev=0.02),
                                    (self.max_len, self.width))
         x = x + pos_embedding[:length].astype(self.dtype)
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = Encoder(self.depth, self.num_heads, self.mlp_dim, dtype=self.dtype,
                     scan_layers=self.scan_layers, remat_policy=self.remat_policy,
-                    name="encoder")(x, attention_mask(is_token, self.causal))
+                    dropout_rate=self.dropout_rate, name="encoder")(
+                        x, attention_mask(is_token, self.causal), deterministic=not train)
         if self.pool == "last":
             features = _state_at_last_token(x, is_token)
         else:
@@ -92,9 +98,9 @@ def _mean_over_tokens(x: Array, is_token: Array) -> Array:
 def text_transformer(*, vocab_size: int, max_len: int, width: int, depth: int, num_heads: int,
                      mlp_dim: int | None = None, causal: bool = True, pool: str = "last",
                      dtype: Any = jnp.float32, scan_layers: bool = False,
-                     remat_policy: str = "none") -> TextTransformer:
+                     remat_policy: str = "none", dropout_rate: float = 0.0) -> TextTransformer:
     """A TextTransformer; `mlp_dim` defaults to 4 * width as in CLIP."""
     return TextTransformer(vocab_size=vocab_size, max_len=max_len, width=width, depth=depth,
                            num_heads=num_heads, mlp_dim=mlp_dim or 4 * width, causal=causal,
                            pool=pool, dtype=dtype, scan_layers=scan_layers,
-                           remat_policy=remat_policy)
+                           remat_policy=remat_policy, dropout_rate=dropout_rate)

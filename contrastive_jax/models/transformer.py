@@ -5,6 +5,11 @@ LayerNorm, as in ViT and CLIP. Attention and MLP layers carry biases so that par
 match the published models. `dtype` is the compute dtype; parameters stay float32 and the
 attention softmax is computed in float32 even under bfloat16.
 
+`dropout_rate` (default 0: off, and no dropout key needed) drops BERT's way: the attention
+probabilities and each residual branch's output before it is added (Devlin et al. 2019), when
+the call is not `deterministic`. Dropout has no parameters, so the parameter tree is the same
+at any rate.
+
 For deep towers the blocks can run under `nn.scan` (one compiled block, parameters stacked on a
 leading layer axis: compile time stops growing with depth) and `nn.remat` (activations inside a
 block recomputed in the backward pass, as `REMAT_POLICIES` says, to trade FLOPs for memory).
@@ -43,17 +48,20 @@ class EncoderBlock(nn.Module):
     num_heads: int
     mlp_dim: int
     dtype: Any = jnp.float32
+    dropout_rate: float = 0.0
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+    def __call__(self, x: Array, mask: Array | None = None, deterministic: bool = True) -> Array:
+        dropout = nn.Dropout(self.dropout_rate, deterministic=deterministic)
         y = nn.LayerNorm(dtype=self.dtype, name="attention_norm")(x)
         y = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads, dtype=self.dtype, use_bias=True,
             kernel_init=nn.initializers.xavier_uniform(), force_fp32_for_softmax=True,
-            name="attention")(y, mask=mask)
-        x = x + y
+            dropout_rate=self.dropout_rate, name="attention")(
+                y, mask=mask, deterministic=deterministic)
+        x = x + dropout(y)
         y = nn.LayerNorm(dtype=self.dtype, name="mlp_norm")(x)
-        return x + MlpBlock(self.mlp_dim, dtype=self.dtype, name="mlp")(y)
+        return x + dropout(MlpBlock(self.mlp_dim, dtype=self.dtype, name="mlp")(y))
 
 
 # What a rematerialised block keeps from its forward pass: "none" turns remat off; the others
@@ -64,11 +72,14 @@ SCANNED_BLOCKS = "blocks"  # The scanned stack's name; its one block is `SCANNED
 
 
 def _block_type(remat_policy: str) -> type[nn.Module]:
+    """EncoderBlock, or its rematerialised form (`deterministic`, argument 3 counting `self`,
+    stays a Python bool)."""
     if remat_policy not in REMAT_POLICIES:
         raise ValueError(f"unknown remat_policy {remat_policy!r}; choose one of {REMAT_POLICIES}")
     if remat_policy == "none":
         return EncoderBlock
-    return nn.remat(EncoderBlock, policy=getattr(jax.checkpoint_policies, remat_policy))
+    return nn.remat(EncoderBlock, policy=getattr(jax.checkpoint_policies, remat_policy),
+                    static_argnums=(3,))
 
 
 class _ScanStep(nn.Module):
@@ -78,20 +89,23 @@ class _ScanStep(nn.Module):
     mlp_dim: int
     remat_policy: str
     dtype: Any
+    dropout_rate: float = 0.0
+    deterministic: bool = True  # A field, not an argument: scan would trace it.
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None) -> tuple[Array, None]:
         block = _block_type(self.remat_policy)(self.num_heads, self.mlp_dim, dtype=self.dtype,
-                                               name="block")
-        return block(x, mask), None
+                                               dropout_rate=self.dropout_rate, name="block")
+        return block(x, mask, self.deterministic), None
 
 
 class Encoder(nn.Module):
     """`depth` EncoderBlocks and a final LayerNorm over tokens x [n, T, D].
 
     `mask` is boolean, True where query t may attend to key s: [n, T, T] (shared by all heads)
-    or [n, 1, T, T]; None lets every token attend to every token. `scan_layers` and
-    `remat_policy`: see the module docstring.
+    or [n, 1, T, T]; None lets every token attend to every token. `scan_layers`,
+    `remat_policy` and `dropout_rate` (active unless `deterministic`; draws from the "dropout"
+    key, a different one per layer): see the module docstring.
     """
 
     depth: int
@@ -100,22 +114,25 @@ class Encoder(nn.Module):
     dtype: Any = jnp.float32
     scan_layers: bool = False
     remat_policy: str = "none"
+    dropout_rate: float = 0.0
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+    def __call__(self, x: Array, mask: Array | None = None, deterministic: bool = True) -> Array:
         if mask is not None:
             mask = _per_head_mask(mask, x.shape[1])
         x = x.astype(self.dtype)
         if self.scan_layers:
-            stack = nn.scan(_ScanStep, variable_axes={"params": 0}, split_rngs={"params": True},
+            stack = nn.scan(_ScanStep, variable_axes={"params": 0},
+                            split_rngs={"params": True, "dropout": True},
                             in_axes=nn.broadcast, length=self.depth)
             x, _ = stack(self.num_heads, self.mlp_dim, self.remat_policy, self.dtype,
-                         name=SCANNED_BLOCKS)(x, mask)
+                         self.dropout_rate, deterministic, name=SCANNED_BLOCKS)(x, mask)
         else:
             block_type = _block_type(self.remat_policy)
             for index in range(self.depth):
                 x = block_type(self.num_heads, self.mlp_dim, dtype=self.dtype,
-                               name=f"block_{index}")(x, mask)
+                               dropout_rate=self.dropout_rate,
+                               name=f"block_{index}")(x, mask, deterministic)
         return nn.LayerNorm(dtype=self.dtype, name="final_norm")(x)
 
 

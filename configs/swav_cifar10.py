@@ -1,0 +1,32 @@
+"""SwAV on CIFAR-10, in the settings the PyTorch SSL libraries (solo-learn) use for it.
+
+    python -m contrastive_jax.main --config=configs/swav_cifar10.py --workdir=DIR \
+        --config.data.source=folder:/path/to/cifar10
+
+ResNet-18 (CIFAR stem), batch 256, LARS at 0.6 x B/256 with weight decay 1e-6, 10 warmup epochs
+and 1000 of cosine decay, projection 2048-128 with BatchNorm, 3,000 prototypes frozen for the
+first 2 epochs, T = 0.1, Sinkhorn epsilon 0.05 with 3 iterations, SimCLR's colour distortion at
+strength 1 without blur. Two 32x32 views: the libraries' multi-crop and their queue of 3,840
+earlier scores (from epoch 50) are not implemented here (see methods/swav.py).
+"""
+
+from contrastive_jax import config_defaults
+
+CIFAR10_TRAIN_EXAMPLES = 50_000
+
+
+def get_config(arg=None):
+    del arg
+    config = config_defaults.base("swav")
+    config.batch_size = 256
+    config.num_epochs = 1000.0
+    config_defaults.cifar10_run(config)
+    config.data.color_strength = 1.0
+
+    config.optimizer.name = "lars"
+    config.optimizer.learning_rate = 0.6
+    config.optimizer.lr_scaling = "linear"
+    config.optimizer.weight_decay = 1e-6
+    config.optimizer.warmup_epochs = 10.0
+    config.loss.freeze_prototypes_steps = 2 * (CIFAR10_TRAIN_EXAMPLES // config.batch_size)
+    return config

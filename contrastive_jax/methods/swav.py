@@ -1,0 +1,119 @@
+"""SwAV (Caron et al. 2020, "Unsupervised Learning of Visual Features by Contrasting Cluster
+Assignments"): each view's projection is assigned to K learned prototypes under an equal
+partition of the global batch (Sinkhorn-Knopp), and each view predicts the other's assignment.
+
+Network: ResNet encoder -> projection MLP (`heads.ProjectionHead`, 2048 hidden, 128 out, BN) ->
+L2-normalised -> cosines to K prototypes (unit rows of the parameter `prototypes`, renormalised
+after every optimizer step as the reference does before each). The codes come from
+`losses.sinkhorn_knopp` over all devices' rows without gradient; the loss is
+`losses.swav_loss` (cross-entropies of softmax(scores / T) against the other view's codes). The
+prototypes stay fixed for the first `loss.freeze_prototypes_steps` steps, as the reference
+freezes them for its first epoch(s). Both views go through the network as one batch, as in
+SimCLR, so BatchNorm (over the `data` axis) sees all 2N views. An online linear probe tracks
+representation quality.
+
+Left out for now: multi-crop (the 2 x 224 + 6 x 96 views; here the two standard views) and the
+queue of earlier batches' scores the reference adds for batches under 256.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from contrastive_jax import losses
+from contrastive_jax.methods import simclr
+from contrastive_jax.methods.simclr import batch_shapes, init_variables
+from contrastive_jax.models import heads
+
+__all__ = ["after_update", "batch_shapes", "build_model", "encoder_features", "init_variables",
+           "loss_fn", "prototype_scores", "validate"]
+
+Array = jax.Array
+
+
+class SwAVModel(nn.Module):
+    """SimCLR's network (the same parameter names) with its projection L2-normalised, beside K
+    prototypes of the projection's width."""
+
+    encoder: nn.Module
+    projection: nn.Module
+    num_classes: int
+    num_prototypes: int
+
+    @nn.compact
+    def __call__(self, images: Array, train: bool) -> tuple[Array, Array, Array, Array]:
+        """(features, unit projections, probe logits, prototypes)."""
+        features = self.encoder(images, train=train)
+        projection = self.projection(features, train=train)
+        probe_logits = heads.LinearProbe(self.num_classes, name="probe")(features)
+        prototypes = self.param(
+            "prototypes", lambda key, shape: losses.l2_normalize(jax.random.normal(key, shape)),
+            (self.num_prototypes, projection.shape[-1]))
+        return features, losses.l2_normalize(projection), probe_logits, prototypes
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Refuses SwAV settings that cannot run, naming the field."""
+    for key in ("num_prototypes", "sinkhorn_iterations"):
+        if config.loss[key] < 1:
+            raise ValueError(f"config.loss.{key} must be >= 1, got {config.loss[key]}")
+    if config.loss.sinkhorn_epsilon <= 0:
+        raise ValueError(f"config.loss.sinkhorn_epsilon must be > 0, got "
+                         f"{config.loss.sinkhorn_epsilon}")
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int,
+                axis_name: str | None) -> SwAVModel:
+    """SimCLR's encoder and projection head of `config.model`, with the prototypes."""
+    network = simclr.build_model(config, num_classes, axis_name)
+    return SwAVModel(encoder=network.encoder, projection=network.projection,
+                     num_classes=num_classes, num_prototypes=config.loss.num_prototypes)
+
+
+def prototype_scores(projections: Array, prototypes: Array, frozen: Array) -> Array:
+    """Cosines of unit projections to the prototypes; no gradient reaches the prototypes
+    while `frozen`."""
+    prototypes = jnp.where(frozen, jax.lax.stop_gradient(prototypes), prototypes)
+    return projections @ losses.l2_normalize(prototypes).T.astype(projections.dtype)
+
+
+def loss_fn(model: SwAVModel, config: ml_collections.ConfigDict, params, state,
+            batch: dict[str, Array], rng: Array, axis_name: str | None):
+    """The swapped prediction of the two views' codes, plus the online probe."""
+    del rng
+    n = batch["view1"].shape[0]
+    images = jnp.concatenate([batch["view1"], batch["view2"]], axis=0)
+    (_, projections, probe_logits, prototypes), updates = model.apply(
+        {"params": params, "batch_stats": state.batch_stats}, images, train=True,
+        mutable=["batch_stats"])
+    frozen = state.step < config.loss.freeze_prototypes_steps
+    scores = prototype_scores(projections, prototypes, frozen)
+    contrastive = losses.swav_loss(
+        scores[:n], scores[n:], config.loss.temperature, epsilon=config.loss.sinkhorn_epsilon,
+        iterations=config.loss.sinkhorn_iterations, axis_name=axis_name)
+    probe_loss, probe_metrics = simclr.probe_loss_and_metrics(
+        probe_logits, jnp.concatenate([batch["label"], batch["label"]]))
+    metrics = {**probe_metrics, "contrastive_loss": contrastive,
+               "prototypes_frozen": frozen.astype(jnp.float32)}
+    return contrastive + probe_loss, ({"batch_stats": updates["batch_stats"]}, metrics)
+
+
+def after_update(config: ml_collections.ConfigDict, state):
+    """Puts the prototypes back on the unit sphere."""
+    params = {**state.params, "prototypes": losses.l2_normalize(state.params["prototypes"])}
+    return state.replace(params=params)
+
+
+def encoder_features(model: SwAVModel) -> Callable[[dict, Array], Array]:
+    """`(variables, images) -> encoder features` in inference mode, for kNN / linear probes."""
+
+    def encode(variables, images):
+        features, _, _, _ = model.apply(variables, images, train=False)
+        return features.astype(jnp.float32)
+
+    return encode
