@@ -3,7 +3,9 @@
 Features and embeddings come from every device and every host (`wrap_extractor` + `extract`);
 the classifiers and retrieval metrics then run on the gathered arrays, identically on every
 process, so all processes report the same numbers. For image-text models: zero-shot
-classification with prompt ensembles (CLIP) and image <-> text retrieval recall@k.
+classification with prompt ensembles (CLIP) and image <-> text retrieval recall@k. The training
+run calls them through `contrastive_jax.evaluators`, which holds the data and the compiled
+extractors.
 """
 
 from __future__ import annotations
@@ -161,25 +163,6 @@ def linear_probe_top1(train_features: np.ndarray, train_labels: np.ndarray,
                          learning_rate=learning_rate, weight_decay=weight_decay)
     predictions = np.argmax(x_test @ np.asarray(params["w"]) + np.asarray(params["b"]), axis=1)
     return float(np.mean(predictions == test_labels))
-
-
-def evaluate_representation(train: tuple[np.ndarray, np.ndarray],
-                            test: tuple[np.ndarray, np.ndarray], num_classes: int,
-                            eval_config, kind: parallel.Kind = "shard_map",
-                            mesh=None) -> dict[str, float]:
-    """kNN (bank split over `mesh`) and linear-probe top-1 of features extracted from the train
-    and test splits."""
-    (train_x, train_y), (test_x, test_y) = train, test
-    return {
-        "knn_top1": knn_top1(train_x, train_y, test_x, test_y, num_classes,
-                             k=eval_config.knn_k, temperature=eval_config.knn_temperature,
-                             kind=kind, mesh=mesh),
-        "linear_top1": linear_probe_top1(
-            train_x, train_y, test_x, test_y, num_classes, steps=eval_config.linear_steps,
-            batch_size=eval_config.linear_batch_size,
-            learning_rate=eval_config.linear_learning_rate,
-            weight_decay=eval_config.linear_weight_decay),
-    }
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

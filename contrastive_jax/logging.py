@@ -1,9 +1,11 @@
-"""Metrics to `metrics.jsonl`, TensorBoard event files and a one-line progress report.
+"""Metrics to `metrics.jsonl`, TensorBoard (clu.metric_writers) and a one-line progress report.
 
-Only process 0 writes; every process may call. `metrics.jsonl` holds one JSON object per logged
-step (DESIGN: at least `step`, `loss`, `learning_rate`, `examples_per_sec`; evaluation results
-such as `knn_top1`), appended so that a resumed run continues the same file. A resumed run
-first drops the rows of the steps it will run again (those after the restored checkpoint) and a
+Every process may call. Process 0 appends to `metrics.jsonl` and writes TensorBoard events
+through `clu.metric_writers.create_default_writer`; the others only log (clu's `just_logging`),
+so every host's log shows the run. `metrics.jsonl` holds one JSON object per logged step
+(DESIGN: at least `step`, `loss`, `learning_rate`, `examples_per_sec`; evaluation results such
+as `knn_top1`), appended so that a resumed run continues the same file. A resumed run first
+drops the rows of the steps it will run again (those after the restored checkpoint) and a
 partial last line left by a crash, so the file never holds a step twice.
 """
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Mapping
+from typing import Any, Mapping
 
 import jax
 import numpy as np
@@ -33,7 +35,8 @@ def format_seconds(seconds: float) -> str:
 
 def progress_line(step: int, total_steps: int, metrics: Mapping[str, float],
                   seconds_left: float | None) -> str:
-    """`step 120/1000 | loss 4.1234 | contrastive_top1 0.412 | lr 0.30 | 1234 ex/s | ETA 0:05:10`."""
+    """One log line: `step 120/1000 | loss 4.123 | top1 0.412 | lr 0.3 | 1234 ex/s | ETA 0:05:10`
+    (tests/test_train.py's SIGTERM test waits for `step N/`)."""
     parts = [f"step {step}/{total_steps}"]
     for key, label in (("loss", "loss"), ("contrastive_top1", "top1"),
                        ("learning_rate", "lr"), ("examples_per_sec", "ex/s")):
@@ -48,44 +51,58 @@ def progress_line(step: int, total_steps: int, metrics: Mapping[str, float],
     return " | ".join(parts)
 
 
+def hparams(config: Mapping[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:
+    """A nested config as TensorBoard hyperparameters: dotted names, and values that are not
+    bool, int, float or str (None, tuples) written as their text."""
+    flat: dict[str, bool | int | float | str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(hparams(value, prefix=f"{name}."))
+        else:
+            flat[name] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    return flat
+
+
 class MetricWriter:
-    """Appends metrics to DIR/metrics.jsonl and DIR's TensorBoard events (process 0 only).
+    """Appends metrics to DIR/metrics.jsonl and writes them to clu's writers.
 
     `start_step` is the step the run starts from (the restored checkpoint's, 0 for a new run):
-    rows logged after it are dropped, since the run logs those steps again.
+    rows logged after it are dropped, since the run logs those steps again. `clu_writer` is the
+    clu writer itself (TensorBoard events on process 0, the log), for clu's periodic actions.
     """
 
     def __init__(self, workdir: str, start_step: int = 0):
-        self._primary = jax.process_index() == 0
-        self._path = os.path.join(workdir, "metrics.jsonl")
-        self._summary = None
-        if self._primary:
+        primary = jax.process_index() == 0
+        self._path = os.path.join(workdir, "metrics.jsonl") if primary else None
+        if primary:
             os.makedirs(workdir, exist_ok=True)
             _keep_rows_up_to(self._path, start_step)
-            import tensorflow as tf
-            self._summary = tf.summary.create_file_writer(workdir)
+        from clu import metric_writers  # TensorFlow: imported by runs that write, not plots.
+        self.clu_writer = metric_writers.create_default_writer(
+            workdir if primary else None, just_logging=not primary, asynchronous=False)
 
     def write(self, step: int, metrics: Mapping[str, object]) -> None:
-        if not self._primary:
-            return
         row = {"step": int(step), **{k: _to_python(v) for k, v in metrics.items()}}
-        with open(self._path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-        import tensorflow as tf
-        with self._summary.as_default(step=int(step)):
-            for key, value in row.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    tf.summary.scalar(key, value)
-        self._summary.flush()
+        if self._path is not None:
+            with open(self._path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+        self.clu_writer.write_scalars(int(step), {
+            key: value for key, value in row.items()
+            if key != "step" and isinstance(value, (int, float))})
+        self.clu_writer.flush()
+
+    def write_hparams(self, config: Mapping[str, Any]) -> None:
+        """The run's config, as TensorBoard's hyperparameters (and one log line)."""
+        self.clu_writer.write_hparams(hparams(config))
 
     def log_progress(self, step: int, total_steps: int, metrics: Mapping[str, float],
                      seconds_left: float | None) -> None:
-        if self._primary:
+        if self._path is not None:
             logging.info(progress_line(step, total_steps, metrics, seconds_left))
 
     def close(self) -> None:
-        if self._summary is not None:
-            self._summary.close()
+        self.clu_writer.close()
 
 
 def _parse_rows(path: str) -> list[dict]:

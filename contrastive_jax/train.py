@@ -24,13 +24,15 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
+from clu import parameter_overview
 from jax.sharding import NamedSharding, PartitionSpec
 
-from contrastive_jax import evaluate, fsdp, grad_cache, methods, optim, parallel, zeroshot
+from contrastive_jax import evaluators, fsdp, grad_cache, methods, optim, parallel
 from contrastive_jax.logging import MetricWriter
 
-# input_pipeline (TensorFlow) is imported where data is read, not at module level, so the state
-# and the step run where TensorFlow is absent: bench.train_step on an accelerator machine.
+# input_pipeline and clu's writers (TensorFlow) are imported where data is read and metrics are
+# written, not at module level, so the state and the step run where TensorFlow is absent:
+# bench.train_step on an accelerator machine.
 
 # Config entries that decide the shapes and meaning of a checkpoint; a workdir whose
 # config.json differs in any of them is refused rather than silently restored.
@@ -112,6 +114,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.loss.temperature must be > 0, got {config.loss.temperature}")
     if config.total_steps <= 0:
         raise ValueError(f"config.total_steps must be > 0, got {config.total_steps}")
+    if config.get("profile_steps", 0) < 0:
+        raise ValueError(f"config.profile_steps must be >= 0, got {config.profile_steps}")
     parallel.per_device_batch_size(config.batch_size)
     method = methods.get(config.method)
     if config.data.augment_on not in AUGMENT_ON:
@@ -137,6 +141,18 @@ def create_train_state(method, model, config: ml_collections.ConfigDict,
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
                       extra=extra)
+
+
+def make_optimizer(method, config: ml_collections.ConfigDict
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """`config.optimizer`'s optimizer and schedule; the parameters that the method's optional
+    `frozen_params(config, params)` marks get no update at all (MoCo v3's patch projection)."""
+    tx, schedule = optim.make_optimizer(config.optimizer, total_steps=config.total_steps,
+                                        batch_size=config.batch_size)
+    frozen_params = getattr(method, "frozen_params", None)
+    if frozen_params is not None:
+        tx = optim.freeze(tx, lambda params: frozen_params(config, params))
+    return tx, schedule
 
 
 def make_train_step(method, model, config, tx, schedule) -> Callable:
@@ -223,7 +239,7 @@ def _check_workdir_config(workdir: str, config: ml_collections.ConfigDict
             saved = ml_collections.ConfigDict(json.load(f))
         for key in CHECKPOINT_DEFINING_KEYS:
             old, new = _lookup(saved, key), _lookup(config, key)
-            if old != new:
+            if _differs(old, new):
                 raise ConfigMismatchError(
                     f"workdir {workdir} holds checkpoints of another config: {key} was {old}, "
                     f"now {new}; use a new --workdir")
@@ -235,38 +251,20 @@ def _check_workdir_config(workdir: str, config: ml_collections.ConfigDict
     return saved
 
 
+def _differs(old, new) -> bool:
+    """Whether a checkpoint-defining entry changed. Fields the saved config lacks were added to
+    the code after the run began (at defaults that keep old runs as they were), so an upgrade
+    still resumes its runs; a field that went away counts as a change."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return any(key not in new or _differs(value, new[key]) for key, value in old.items())
+    return old != new
+
+
 def _lookup(config: ml_collections.ConfigDict, dotted: str):
     value = config
     for part in dotted.split("."):
         value = value.get(part) if isinstance(value, (dict, ml_collections.ConfigDict)) else None
     return value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
-
-
-def _zeroshot_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The data config of zero-shot classification: `eval.zeroshot_source` (default: the
-    training source), read with its labels rather than captions."""
-    zeroshot_data = ml_collections.ConfigDict(config.data.to_dict())
-    zeroshot_data.caption_key = ""
-    if config.eval.get("zeroshot_source"):
-        zeroshot_data.source = config.eval.zeroshot_source
-    return zeroshot_data
-
-
-def zeroshot_split(config: ml_collections.ConfigDict) -> str:
-    """`eval.zeroshot_split`, or the data's eval split when it is empty."""
-    return config.eval.get("zeroshot_split") or config.data.get("eval_split", "test")
-
-
-def _check_zeroshot_split(config: ml_collections.ConfigDict) -> None:
-    """Refuses, before training, a zero-shot split its source does not have."""
-    from contrastive_jax import input_pipeline
-    split = zeroshot_split(config)
-    try:
-        input_pipeline.num_examples(_zeroshot_data(config), split)
-    except input_pipeline.DataError as error:
-        raise input_pipeline.DataError(
-            f"zero-shot evaluation reads split {split!r} (eval.zeroshot_split, else "
-            f"data.eval_split) of {_zeroshot_data(config).source!r}: {error}") from None
 
 
 class _Preemption:
@@ -339,17 +337,15 @@ class Trainer:
         self.method = methods.get(config.method)
         self.model = self.method.build_model(config, self.info.num_classes,
                                              model_axis(config))
-        self.tx, self.schedule = optim.make_optimizer(
-            config.optimizer, total_steps=config.total_steps, batch_size=config.batch_size)
+        self.tx, self.schedule = make_optimizer(self.method, config)
         self.state_shardings, self.train_step = make_step(
             self.method, self.model, config, self.tx, self.schedule,
             jax.eval_shape(self._fresh_state), self.mesh)
         self.is_image_text = getattr(self.method, "IMAGE_TEXT", False)
-        if self.is_image_text and config.eval_every >= 0 and (
-                config.eval.get("zeroshot_source") or self.info.num_classes):
-            _check_zeroshot_split(config)
-        self.extractors = self._make_extractors(
-            self.method.build_model(config, self.info.num_classes, None))
+        # Built (and their data looked up) now if the run evaluates, else at the first call
+        # of `evaluate`; the names are checked either way.
+        self.evaluator_names = evaluators.names(config, self.method, self.info)
+        self.evaluators = self._build_evaluators() if config.eval_every >= 0 else None
         if config.batch_size > self.info.num_train_examples > 0:
             absl_logging.warning(
                 "the global batch (%d) is larger than the training set (%d examples): every "
@@ -454,94 +450,20 @@ class Trainer:
 
     # -- evaluation ------------------------------------------------------------------------------
 
-    def _make_extractors(self, eval_model) -> dict[str, Callable]:
-        """The wrapped per-device evaluation functions, compiled once per run."""
-        wrap = lambda fn: evaluate.wrap_extractor(fn, self.kind, self.mesh)
-        if not self.is_image_text:
-            return {"features": evaluate.feature_extractor(
-                self.method.encoder_features(eval_model), self.kind, self.mesh)}
-        embed_images = self.method.embed_images(eval_model)
-        embed_texts = self.method.embed_texts(eval_model)
-
-        def embed_pairs(variables, batch):
-            n, captions, length = batch["text"].shape
-            texts = embed_texts(variables, batch["text"].reshape(n * captions, length))
-            return {"image": embed_images(variables, batch["image"]),
-                    "text": texts.reshape(n, captions, -1),
-                    "text_valid": jnp.any(batch["text"] != 0, axis=-1)}
-
-        return {"images": wrap(lambda variables, batch: {
-                    "embedding": embed_images(variables, batch["image"]),
-                    "label": batch["label"]}),
-                "pairs": wrap(embed_pairs),
-                "prompts": jax.jit(embed_texts)}
+    def _build_evaluators(self) -> dict[str, evaluators.Evaluator]:
+        eval_model = self.method.build_model(self.config, self.info.num_classes, None)
+        return evaluators.build(self.evaluator_names, self.config, self.method, eval_model,
+                                self.info, self.kind, self.mesh)
 
     def evaluate(self, state: TrainState) -> dict[str, float]:
-        """kNN and linear-probe accuracy of the encoder's features (image methods), or zero-shot
-        accuracy and retrieval recall (image-text methods), on the evaluation split."""
+        """The metrics of the evaluators that `config.eval.evaluators` names, for this state."""
+        if self.evaluators is None:
+            self.evaluators = self._build_evaluators()
         variables = {"params": state.params, "batch_stats": state.batch_stats}
         if self.is_fsdp:  # The evaluation functions take the variables whole on every device.
             variables = jax.jit(lambda tree: tree, out_shardings=NamedSharding(
                 self.mesh, PartitionSpec()))(variables)
-        if self.is_image_text:
-            return self._evaluate_image_text(variables)
-        from contrastive_jax import input_pipeline
-        data, eval_config = self.config.data, self.config.eval
-
-        def features(split):
-            batches = input_pipeline.eval_iterator(data, split,
-                                                   global_batch_size=eval_config.batch_size)
-            out = evaluate.extract(self.extractors["features"], variables, batches, self.kind,
-                                   self.mesh)
-            return out["features"], out["label"]
-
-        return evaluate.evaluate_representation(
-            features(data.get("train_split", "train")), features(data.get("eval_split", "test")),
-            self.info.num_classes, eval_config, self.kind, self.mesh)
-
-    def _evaluate_image_text(self, variables) -> dict[str, float]:
-        """Image <-> text recall@k on a caption source; zero-shot top-1 on a labelled one (or
-        on `eval.zeroshot_source`)."""
-        from contrastive_jax import image_text_pipeline
-        results: dict[str, float] = {}
-        if image_text_pipeline.has_captions(self.config.data):
-            results.update(self._retrieval(variables))
-        if self.config.eval.zeroshot_source or self.info.num_classes:
-            results["zeroshot_top1"] = self._zero_shot_top1(variables)
-        return results
-
-    def _retrieval(self, variables) -> dict[str, float]:
-        from contrastive_jax import image_text_pipeline
-        data, eval_config = self.config.data, self.config.eval
-        out = evaluate.extract(
-            self.extractors["pairs"], variables,
-            image_text_pipeline.eval_iterator(
-                data, data.get("eval_split", "test"), global_batch_size=eval_config.batch_size,
-                captions_per_image=eval_config.captions_per_image), self.kind, self.mesh)
-        image_of_text, caption = np.nonzero(out["text_valid"])
-        return evaluate.retrieval_recall(out["image"], out["text"][image_of_text, caption],
-                                         image_of_text)
-
-    def _zero_shot_top1(self, variables) -> float:
-        """Class-name prompts (`zeroshot.EVAL_TEMPLATES`, averaged) against the images of
-        `eval.zeroshot_split` of `eval.zeroshot_source`."""
-        from contrastive_jax import input_pipeline, tokenizer
-        data, eval_config = self.config.data, self.config.eval
-        zeroshot_data = _zeroshot_data(self.config)
-        prompts = [zeroshot.prompts(name, zeroshot.EVAL_TEMPLATES)
-                   for name in input_pipeline.class_names(zeroshot_data)]
-        tokens = tokenizer.get_tokenizer(data).tokenize(
-            [prompt for class_prompts in prompts for prompt in class_prompts])
-        prompt_embeddings = self.extractors["prompts"](
-            parallel.unreplicate(variables, self.kind), np.asarray(tokens))
-        classifier = evaluate.zero_shot_classifier(
-            np.asarray(prompt_embeddings).reshape(len(prompts), len(prompts[0]), -1))
-        out = evaluate.extract(
-            self.extractors["images"], variables,
-            input_pipeline.eval_iterator(zeroshot_data, zeroshot_split(self.config),
-                                         global_batch_size=eval_config.batch_size),
-            self.kind, self.mesh)
-        return evaluate.zero_shot_top1(out["embedding"], out["label"], classifier)
+        return evaluators.run_all(self.evaluators, variables)
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -562,12 +484,31 @@ class Trainer:
         return parallel.prefetch_to_devices(pipeline.train_iterator(config.data, **kwargs),
                                             self.kind, self.mesh)
 
+    def _log_start(self, writer: MetricWriter) -> None:
+        """The config as TensorBoard hyperparameters, and a table of the parameters' names,
+        shapes and sizes in the log (clu's parameter overview; from shapes, so any layout)."""
+        writer.write_hparams(self.config.to_dict())
+        parameter_overview.log_parameter_overview(
+            jax.eval_shape(self._fresh_state).params, include_stats=False,
+            msg=f"Parameters of {self.config.method}:", jax_logging_process=0)
+
+    def _periodic_actions(self, writer: MetricWriter, start: int):
+        """clu's progress report (steps/s, ETA, the share of time in evaluation), and with
+        `profile_steps` > 0 its profiler for that many steps after this run's first (compiling)
+        step, into the workdir (else None)."""
+        from contrastive_jax import hooks
+        report = hooks.report_progress(self.config.total_steps, writer.clu_writer)
+        steps = self.config.get("profile_steps", 0)
+        return report, hooks.Profile(self.workdir, steps, start + 1) if steps > 0 else None
+
     def run(self) -> dict[str, float]:
         """Trains from the newest checkpoint to `total_steps`; returns the last metrics."""
         config = self.config
         state = self.initial_state()
         start = int(parallel.unreplicate(state.step, self.kind))
         writer = MetricWriter(self.workdir, start_step=start)
+        self._log_start(writer)
+        report, profile = self._periodic_actions(writer, start)
         evaluating = config.eval_every >= 0
         if start == 0 and evaluating and config.eval_at_start:
             writer.write(0, self.evaluate(state))
@@ -582,6 +523,9 @@ class Trainer:
                 batch = next(batches)
                 state, metrics = self.train_step(state, batch, rng)
                 timed_steps += 1
+                report(step)
+                if profile is not None:
+                    profile(step)
                 is_last = step == config.total_steps
                 if step % config.log_every == 0 or is_last:
                     last = _finite_metrics(parallel.unreplicate(metrics, self.kind), step)
@@ -593,7 +537,8 @@ class Trainer:
                     timer, timed_steps = time.perf_counter(), 0
                 if evaluating and (config.eval_every and step % config.eval_every == 0
                                    or is_last):
-                    results = self.evaluate(state)
+                    with report.timed("eval"):
+                        results = self.evaluate(state)
                     writer.write(step, results)
                     last.update(results)
                     timer, timed_steps = time.perf_counter(), 0
@@ -616,6 +561,8 @@ class Trainer:
                 self.wait_for_saves()
             finally:
                 preemption.restore()
+                if profile is not None:
+                    profile.close()
                 writer.close()
         return last
 

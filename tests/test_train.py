@@ -1,6 +1,7 @@
 """The training loop end to end on tiny models: wrappers agree, resume is exact, bad input is
 refused. Runs on the 8 simulated CPU devices that conftest.py sets up."""
 
+import json
 import os
 import subprocess
 import sys
@@ -87,6 +88,23 @@ def test_workdir_holds_config_metrics_and_checkpoints(runs):
 def test_checkpoint_from_another_config_is_refused(runs):
     with pytest.raises(train.ConfigMismatchError, match="model was"):
         train.Trainer(tiny_config(**{"model.base_width": 8}), runs["shard_map"])
+
+
+def test_a_workdir_from_before_a_model_field_was_added_still_matches(tmp_path):
+    """config.json of an older version lacks a field that the code now has: the workdir
+    resumes; a changed value or a field that went away is refused."""
+    config = tiny_config()
+    saved = json.loads(config.to_json())
+    del saved["model"]["zero_init_residual"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    train._check_workdir_config(str(tmp_path), config)  # Rewrites config.json whole.
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(train.ConfigMismatchError, match="model was"):
+        train._check_workdir_config(str(tmp_path), tiny_config(**{"model.head_out_dim": 8}))
+    saved["model"]["no_longer_a_field"] = 1
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(train.ConfigMismatchError, match="model was"):
+        train._check_workdir_config(str(tmp_path), config)
 
 
 @pytest.mark.parametrize("override,message", [

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from contrastive_jax import image_text_pipeline, input_pipeline, tokenizer, train, zeroshot
+from contrastive_jax.evaluators import image_text
 from contrastive_jax.tools import make_imagenet_names
 
 from test_configs import load_config
@@ -104,7 +105,7 @@ def test_b16_configs_read_imagenet_validation_and_siglip_keeps_real_captions():
     for name in ("clip_vit_b16.py", "siglip_vit_b16.py"):
         config = load_config(os.path.join(REPO, "configs", name))
         assert config.eval.zeroshot_source == "tfds:imagenet2012"
-        assert train.zeroshot_split(config) == "validation"
+        assert image_text.zeroshot_split(config) == "validation"
     siglip = load_config(os.path.join(REPO, "configs", "siglip_vit_b16.py"))
     assert siglip.optimizer.weight_decay_mode == "decoupled"
     assert siglip.data.tokenizer == "bytes"
