@@ -56,9 +56,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     for r in range(args.rows):
         cells = [augment.center_crop(image, size)]
         for i in range(args.num_views):
-            cells.append(augment.simclr_view(image, augment.example_seed(args.seed, r, i), image_size=size,
-                                     color_strength=args.color_strength, blur=bool(args.blur),
-                                     solarize_prob=args.solarize_prob))
+            seed = augment.example_seed(args.seed, r, i)
+            cells.append(augment.simclr_view(image, seed, image_size=size,
+                                             color_strength=args.color_strength,
+                                             blur=bool(args.blur),
+                                             solarize_prob=args.solarize_prob))
         rows.append(_grid_row(cells, scale))
     grid = tf.concat(rows, axis=0)
     png = tf.io.encode_png(tf.image.convert_image_dtype(grid, tf.uint8, saturate=True))

@@ -1,6 +1,6 @@
 """CLIP and SigLIP in the train step on 8 simulated devices: the two wrappers agree, SigLIP's ring
-and all_gather agree in loss and gradients under both, the scale clamps; zero-shot and retrieval metrics
-match brute-force numpy, and the sharded evaluation matches one computed on one device."""
+and all_gather agree in loss and gradients under both, the scale clamps; zero-shot and retrieval
+metrics match brute-force numpy, and the sharded evaluation matches one computed on one device."""
 
 import math
 
