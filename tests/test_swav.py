@@ -1,6 +1,6 @@
 """SwAV: Sinkhorn-Knopp codes and the swapped-prediction loss against numpy, the same codes,
 loss and gradients on 8 devices as on one, frozen and unit prototypes in the step, the encoder's
-features for evaluation; a short learning run on CIFAR-10 (slow)."""
+features for evaluation."""
 
 import jax
 import jax.numpy as jnp
@@ -9,10 +9,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from contrastive_jax import losses, methods, optim, parallel, train
-from contrastive_jax.logging import read_metrics
 from contrastive_jax.methods import swav
 
-from test_learning import cifar_folder  # noqa: F401 (a fixture)
 from test_train import tiny_config
 
 AXIS = parallel.AXIS
@@ -133,20 +131,3 @@ def test_bad_sinkhorn_settings_are_refused():
         config = train.resolve_steps(tiny_config("swav", **{key: value}), 64)
         with pytest.raises(ValueError, match=message):
             train.validate(config)
-
-
-@pytest.mark.slow
-def test_short_swav_run_on_cifar10_learns(cifar_folder, tmp_path):  # noqa: F811
-    config = tiny_config("swav", **{
-        "data.source": f"folder:{cifar_folder}", "data.image_size": 32, "batch_size": 96,
-        "model.base_width": 8, "total_steps": 200, "eval_at_start": True,
-        "checkpoint_every": 1000, "loss.num_prototypes": 100,
-        "loss.freeze_prototypes_steps": 20, "optimizer.warmup_steps": 10, "eval.knn_k": 20,
-        "eval.linear_steps": 100, "eval.batch_size": 96})
-    train.train_and_evaluate(config, str(tmp_path))
-    rows = read_metrics(str(tmp_path))
-    losses_seen = [row["loss"] for row in rows if "loss" in row]
-    knn = [row["knn_top1"] for row in rows if "knn_top1" in row]
-    assert len(losses_seen) == 200 and len(knn) == 2
-    assert np.mean(losses_seen[-20:]) < np.mean(losses_seen[:20]) - 0.1
-    assert knn[1] > knn[0] + 0.03, knn
