@@ -252,6 +252,7 @@ def test_fixed_lr_params_keep_the_peak_learning_rate():
         tx.init(params)
 
 
+@pytest.mark.slow  # 40 s: fsdp's step is the same code for every method with loss_parts.
 def test_simsiam_fsdp_step_equals_shard_map():
     """SimSiam's loss_parts under parallel='fsdp' (BatchNorm over the global batch, one view at
     a time) against the shard_map step from one state: 2 steps of SGD, the predictor at its
