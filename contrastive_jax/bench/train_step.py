@@ -26,7 +26,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from contrastive_jax import device_input, flops, fsdp, methods, optim, parallel, train
+from contrastive_jax import device_input, flops, fsdp, methods, parallel, train
 
 config_flags.DEFINE_config_file("config", "configs/demo.py", "Config whose model is timed.")
 flags.DEFINE_integer("steps", 5, "Timed steps per case.")
@@ -70,8 +70,9 @@ def time_step(config, steps: int) -> dict:
     mesh, kind = parallel.make_mesh(), train.layout_kind(config)
     method = methods.get(config.method)
     model = method.build_model(config, 10, train.model_axis(config))
-    tx, schedule = optim.make_optimizer(config.optimizer, total_steps=steps + 1,
-                                        batch_size=config.batch_size)
+    config = config.copy_and_resolve_references()
+    config.total_steps = steps + 1  # The schedule of this many steps, as before.
+    tx, schedule = train.make_optimizer(method, config)  # With the method's frozen parameters.
     host_state = jax.device_get(jax.jit(lambda: train.create_train_state(
         method, model, config, tx, jax.random.PRNGKey(0)))())
     shardings, step = train.make_step(method, model, config, tx, schedule, host_state, mesh)

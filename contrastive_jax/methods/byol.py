@@ -32,7 +32,7 @@ import optax
 
 from contrastive_jax import losses
 from contrastive_jax.methods import moco, simclr
-from contrastive_jax.methods.simclr import batch_shapes, init_variables
+from contrastive_jax.methods.simclr import batch_shapes, encoder_features, init_variables
 from contrastive_jax.models import heads
 
 __all__ = ["after_update", "apply_per_view", "batch_shapes", "build_model", "encoder_features",
@@ -161,14 +161,3 @@ def after_update(config: ml_collections.ConfigDict, state):
     target_params = optax.incremental_update(_target_part(state.params),
                                              state.extra["target_params"], 1.0 - tau)
     return state.replace(extra={**state.extra, "target_params": target_params})
-
-
-def encoder_features(model: nn.Module) -> Callable[[dict, Array], Array]:
-    """`(variables, images) -> encoder features` in inference mode, for kNN / linear probes."""
-
-    def encode(variables, images):
-        features = model.apply(variables, images, train=False,
-                               method=lambda module, x, train: module.encoder(x, train=train))
-        return features.astype(jnp.float32)
-
-    return encode

@@ -18,7 +18,6 @@ stop-gradient features tracks representation quality, as in SimCLR.
 
 from __future__ import annotations
 
-from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -27,7 +26,7 @@ import ml_collections
 
 from contrastive_jax import losses
 from contrastive_jax.methods import simclr
-from contrastive_jax.methods.simclr import batch_shapes, init_variables
+from contrastive_jax.methods.simclr import batch_shapes, encoder_features, init_variables
 from contrastive_jax.models import heads
 
 __all__ = ["NNCLRModel", "batch_shapes", "build_model", "encoder_features", "enqueue",
@@ -136,13 +135,3 @@ def loss_fn(model: NNCLRModel, config: ml_collections.ConfigDict, params, state,
                "extra": {"support_set": support_set, "support_ptr": pointer}}
     metrics = {**metrics, **probe_metrics, "contrastive_loss": contrastive}
     return contrastive + probe_loss, (changes, metrics)
-
-
-def encoder_features(model: NNCLRModel) -> Callable[[dict, Array], Array]:
-    """`(variables, images) -> encoder features` in inference mode, for kNN / linear probes."""
-
-    def encode(variables, images):
-        features, _, _, _ = model.apply(variables, images, train=False)
-        return features.astype(jnp.float32)
-
-    return encode

@@ -154,10 +154,12 @@ def loss_fn(model: SimCLRModel, config: ml_collections.ConfigDict, params, state
 
 
 def encoder_features(model: nn.Module) -> Callable[[dict, Array], Array]:
-    """`(variables, images) -> encoder features` in inference mode, for kNN / linear probes."""
+    """`(variables, images) -> encoder features` in inference mode, for kNN / linear probes:
+    the model's `encoder` alone (no heads computed), so every image method with one shares it."""
 
     def encode(variables, images):
-        features, _, _ = model.apply(variables, images, train=False)
+        features = model.apply(variables, images, train=False,
+                               method=lambda module, x, train: module.encoder(x, train=train))
         return features.astype(jnp.float32)
 
     return encode

@@ -18,7 +18,6 @@ queue of earlier batches' scores the reference adds for batches under 256.
 
 from __future__ import annotations
 
-from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -27,7 +26,7 @@ import ml_collections
 
 from contrastive_jax import losses
 from contrastive_jax.methods import simclr
-from contrastive_jax.methods.simclr import batch_shapes, init_variables
+from contrastive_jax.methods.simclr import batch_shapes, encoder_features, init_variables
 from contrastive_jax.models import heads
 
 __all__ = ["after_update", "batch_shapes", "build_model", "encoder_features", "init_variables",
@@ -107,13 +106,3 @@ def after_update(config: ml_collections.ConfigDict, state):
     """Puts the prototypes back on the unit sphere."""
     params = {**state.params, "prototypes": losses.l2_normalize(state.params["prototypes"])}
     return state.replace(params=params)
-
-
-def encoder_features(model: SwAVModel) -> Callable[[dict, Array], Array]:
-    """`(variables, images) -> encoder features` in inference mode, for kNN / linear probes."""
-
-    def encode(variables, images):
-        features, _, _, _ = model.apply(variables, images, train=False)
-        return features.astype(jnp.float32)
-
-    return encode
