@@ -125,10 +125,18 @@ def _unknown_key(error: BaseException) -> str:
 
 def _exit_on_sigterm(signum, frame) -> None:
     """SIGTERM before the training loop began: there is nothing new to save, so stop now.
-    (Once it begins, train.py's handler takes over and saves first.)"""
+    (Once it begins, train.py's handler takes over and saves first.)
+
+    It leaves with os._exit: sys.exit would raise SystemExit wherever the main thread happens
+    to be, and a library that catches every exception there swallows it (a run was seen to go
+    on training after this message).
+    """
     del signum, frame
     logging.warning("SIGTERM before training began: nothing new to save; exiting")
-    sys.exit(0)
+    logging.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def main(argv) -> None:
