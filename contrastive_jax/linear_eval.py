@@ -181,10 +181,10 @@ def train_batches(data_config: ml_collections.ConfigDict, *, global_batch_size: 
     """
     import tensorflow as tf
 
-    from contrastive_jax import augment, input_pipeline
+    from contrastive_jax import augment, host_shards, input_pipeline
 
-    process_index, process_count = input_pipeline.resolve_process(process_index, process_count)
-    n = input_pipeline.host_batch_size(global_batch_size, process_count)
+    process_index, process_count = host_shards.resolve_process(process_index, process_count)
+    n = host_shards.host_batch_size(global_batch_size, process_count)
     source = input_pipeline.train_source(data_config, seed, 0, process_index, process_count)
     image_size = int(data_config.image_size)
 
@@ -271,9 +271,9 @@ def linear_eval(config: ml_collections.ConfigDict, variables, encode_fn: EncodeF
     them) and left untouched. Trains the head for `eval.linear_eval_epochs` on the training
     split, returns {"linear_eval_top1": accuracy on the evaluation split}.
     """
-    from contrastive_jax import input_pipeline
+    from contrastive_jax import data_sources, input_pipeline
 
-    info = input_pipeline.dataset_info(config.data)
+    info = data_sources.dataset_info(config.data)
     validate(config, info.num_classes)
     mesh = mesh if mesh is not None else parallel.make_mesh()
     state = train_head(config, variables, encode_fn, num_classes=info.num_classes,
@@ -330,7 +330,7 @@ def run_cli(argv: Sequence[str]) -> None:
     flags = training_cli.FLAGS
     try:
         step, results = evaluate_workdir(flags.config, flags.workdir)
-    except (ValueError, FloatingPointError) as error:  # input_pipeline.DataError included
+    except (ValueError, FloatingPointError) as error:  # data_sources.DataError included
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
     if jax.process_index() == 0:

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from contrastive_jax import augment, input_pipeline
+from contrastive_jax import augment, data_sources
 
 
 def _grid_row(images: Sequence[tf.Tensor], scale: int, gap: int = 2) -> tf.Tensor:
@@ -30,7 +30,7 @@ def _grid_row(images: Sequence[tf.Tensor], scale: int, gap: int = 2) -> tf.Tenso
 
 
 def _default_image() -> tf.Tensor:
-    images, _ = input_pipeline.demo_arrays("train")
+    images, _ = data_sources.demo_arrays("train")
     return tf.constant(images[0])
 
 

@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 import tensorflow as tf
 
-from contrastive_jax.input_pipeline import DataError
+from contrastive_jax.data_sources import DataError
 
 PAD_ID = 0
 

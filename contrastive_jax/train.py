@@ -30,7 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from contrastive_jax import evaluators, fsdp, grad_cache, methods, optim, parallel
 from contrastive_jax.logging import MetricWriter
 
-# input_pipeline and clu's writers (TensorFlow) are imported where data is read and metrics are
+# The data modules and clu's writers (TensorFlow) are imported where data is read and metrics are
 # written, not at module level, so the state and the step run where TensorFlow is absent:
 # bench.train_step on an accelerator machine.
 
@@ -322,8 +322,8 @@ class Trainer:
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str):
         check_fields(config)
-        from contrastive_jax import input_pipeline
-        self.info = input_pipeline.dataset_info(config.data)
+        from contrastive_jax import data_sources
+        self.info = data_sources.dataset_info(config.data)
         self.config = config = resolve_steps(config, self.info.num_train_examples)
         validate(config)
         check_workdir(workdir)

@@ -12,7 +12,8 @@ import pytest
 import tensorflow as tf
 from jax.sharding import PartitionSpec as P
 
-from contrastive_jax import device_augment, device_input, input_pipeline, parallel, train
+from contrastive_jax import (data_sources, device_augment, device_input, input_pipeline, parallel,
+                             train)
 from test_input_pipeline import tfds_dir  # noqa: F401  (a fixture: a tiny prepared TFDS set)
 from test_train import assert_trees_equal, final_params, tiny_config
 
@@ -100,7 +101,7 @@ def test_images_of_several_sizes_are_refused_with_the_way_out(tmp_path):
         path = tmp_path / "train" / "c0" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         tf.io.write_file(str(path), tf.io.encode_jpeg(tf.zeros([size, size, 3], tf.uint8)))
-    with pytest.raises(input_pipeline.DataError, match="device_resident_max_mb=0"):
+    with pytest.raises(data_sources.DataError, match="device_resident_max_mb=0"):
         device_input.load_split(_data_config(source=f"folder:{tmp_path}"), "train")
 
 

@@ -15,7 +15,7 @@ import tensorflow_datasets as tfds
 from contrastive_jax import image_text_pipeline as itp
 from contrastive_jax import zeroshot
 from contrastive_jax import tokenizer as tok
-from contrastive_jax.input_pipeline import DataError
+from contrastive_jax.data_sources import DataError
 
 SIZE = 16
 MAX_LEN = 48

@@ -1,4 +1,5 @@
-"""Tests of contrastive_jax.input_pipeline on small image folders, a tiny TFDS dataset and demo.
+"""Tests of contrastive_jax.input_pipeline, with the data_sources and host_shards it reads
+through, on small image folders, a tiny TFDS dataset and demo.
 
 Every folder example is a solid colour that encodes its label (value 10 * label), and in the
 "one image per class" trees the label is the example's id, so batches can be checked for which
@@ -11,7 +12,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from contrastive_jax import augment
+from contrastive_jax import augment, data_sources
 from contrastive_jax import input_pipeline as ip
 
 SIZE = 16
@@ -55,9 +56,9 @@ def _take(iterator, k):
 
 def test_folder_info_and_class_names(tree):
     cfg = _config(f"folder:{tree}")
-    assert ip.dataset_info(cfg) == (24, 24)
-    assert ip.class_names(cfg) == [f"c{k:02d}" for k in range(24)]
-    assert ip.num_examples(cfg, "test") == 22
+    assert data_sources.dataset_info(cfg) == (24, 24)
+    assert data_sources.class_names(cfg) == [f"c{k:02d}" for k in range(24)]
+    assert data_sources.num_examples(cfg, "test") == 22
 
 
 def test_train_batch_shapes_and_ranges(tree):
@@ -116,7 +117,7 @@ def test_train_views_equal_per_example_two_views(tmp_path, monkeypatch):
     source = ip.train_source(cfg, 4, 6, 0, 1)
     records = next(ip.crop_stage(cfg, 4, source, chunk=6).as_numpy_iterator())
     assert records["color_draws"].factors.shape == (6, 2, 4)
-    split = ip.indexed_split(cfg, "train")
+    split = data_sources.indexed_split(cfg, "train")
     for i, (epoch, index) in enumerate(zip(records["epoch"], records["index"])):
         image, label = split.load(index)
         views = augment.two_views(image, augment.example_seed(4, epoch, index),
@@ -197,9 +198,9 @@ def test_corrupt_jpeg_error_names_the_file(tmp_path):
     cfg = _config(f"folder:{tmp_path}")
     iterator = ip.train_iterator(cfg, global_batch_size=2, seed=0, process_index=0,
                                  process_count=1)
-    with pytest.raises(ip.DataError, match="bad.jpg"):
+    with pytest.raises(data_sources.DataError, match="bad.jpg"):
         _take(iterator, 5)  # One epoch of 10 examples.
-    with pytest.raises(ip.DataError, match="junk.jpg"):
+    with pytest.raises(data_sources.DataError, match="junk.jpg"):
         list(ip.eval_iterator(cfg, "test", global_batch_size=2, process_index=0,
                               process_count=1))
 
@@ -207,32 +208,32 @@ def test_corrupt_jpeg_error_names_the_file(tmp_path):
 def test_empty_and_missing_folders_are_named(tmp_path):
     (tmp_path / "train").mkdir()
     cfg = _config(f"folder:{tmp_path}")
-    with pytest.raises(ip.DataError, match=f"{tmp_path}/train.*no class sub-folders"):
+    with pytest.raises(data_sources.DataError, match=f"{tmp_path}/train.*no class sub-folders"):
         ip.train_iterator(cfg, global_batch_size=2, seed=0, process_index=0, process_count=1)
     (tmp_path / "train" / "cat").mkdir()
     (tmp_path / "train" / "cat" / "notes.txt").write_text("no images here")
-    with pytest.raises(ip.DataError, match=f"{tmp_path}/train.*no images"):
-        ip.dataset_info(cfg)
-    with pytest.raises(ip.DataError, match=f"{tmp_path}/test.*does not exist"):
+    with pytest.raises(data_sources.DataError, match=f"{tmp_path}/train.*no images"):
+        data_sources.dataset_info(cfg)
+    with pytest.raises(data_sources.DataError, match=f"{tmp_path}/test.*does not exist"):
         ip.eval_iterator(cfg, "test", global_batch_size=2, process_index=0, process_count=1)
 
 
 @pytest.mark.parametrize("source", ["foo:bar", "folder:", "tfds", "demo:x", ""])
 def test_unknown_source_is_named(source):
-    with pytest.raises(ip.DataError, match="unknown data source"):
-        ip.parse_source(source)
+    with pytest.raises(data_sources.DataError, match="unknown data source"):
+        data_sources.parse_source(source)
 
 
 def test_source_parsing():
-    assert ip.parse_source("folder:/a/b") == ("folder", "/a/b")
-    assert ip.parse_source("tfds:cifar10:3.0.2") == ("tfds", "cifar10:3.0.2")
-    assert ip.parse_source("demo") == ("demo", "")
-    assert ip.parse_source("synthetic") == ("synthetic", "")
+    assert data_sources.parse_source("folder:/a/b") == ("folder", "/a/b")
+    assert data_sources.parse_source("tfds:cifar10:3.0.2") == ("tfds", "cifar10:3.0.2")
+    assert data_sources.parse_source("demo") == ("demo", "")
+    assert data_sources.parse_source("synthetic") == ("synthetic", "")
 
 
 def test_demo_source_splits():
-    train_x, train_y = ip.demo_arrays("train")
-    test_x, test_y = ip.demo_arrays("test")
+    train_x, train_y = data_sources.demo_arrays("train")
+    test_x, test_y = data_sources.demo_arrays("test")
     assert train_x.shape == (4000, 28, 28, 3) and test_x.shape == (1000, 28, 28, 3)
     assert train_x.dtype == np.uint8 and train_y.dtype == np.int32
     assert (train_x[..., 0] == train_x[..., 2]).all()  # Gray repeated over the channels.
@@ -241,8 +242,8 @@ def test_demo_source_splits():
     train_rows = {row.tobytes() for row in train_x[..., 0].reshape(4000, -1)}
     assert not any(row.tobytes() in train_rows for row in test_x[..., 0].reshape(1000, -1))
     cfg = _config("demo", image_size=32)
-    assert ip.dataset_info(cfg) == (4000, 10)
-    assert ip.num_examples(cfg, "test") == 1000
+    assert data_sources.dataset_info(cfg) == (4000, 10)
+    assert data_sources.num_examples(cfg, "test") == 1000
     batch = next(ip.train_iterator(cfg, global_batch_size=4, seed=0, process_index=0,
                                    process_count=1))
     assert batch["view1"].shape == (4, 32, 32, 3)
@@ -253,7 +254,7 @@ def test_demo_source_splits():
 
 def test_synthetic_source():
     cfg = _config("synthetic", synthetic_num_examples=64, synthetic_num_classes=5)
-    assert ip.dataset_info(cfg) == (64, 5)
+    assert data_sources.dataset_info(cfg) == (64, 5)
     batch = next(ip.train_iterator(cfg, global_batch_size=8, seed=0, process_index=0,
                                    process_count=1))
     assert batch["view1"].shape == (8, SIZE, SIZE, 3)
@@ -288,7 +289,7 @@ def tfds_dir(tmp_path_factory):
 
 def test_tfds_train_and_eval(tfds_dir):
     cfg = _config("tfds:contrastive_jax_tiny:1.0.0", data_dir=str(tfds_dir), image_size=8)
-    assert ip.dataset_info(cfg) == (12, 12)
+    assert data_sources.dataset_info(cfg) == (12, 12)
     kwargs = dict(global_batch_size=4, seed=1, process_count=2)
     per_host = [_take(ip.train_iterator(cfg, process_index=p, **kwargs), 6) for p in range(2)]
     for epoch in range(2):  # 6 examples per host, 2 per batch: 3 batches per epoch.
@@ -312,8 +313,8 @@ def test_tfds_train_and_eval(tfds_dir):
 
 def test_tfds_missing_dataset_names_it_and_data_dir(tfds_dir):
     cfg = _config("tfds:no_such_dataset_xyz", data_dir=str(tfds_dir))
-    with pytest.raises(ip.DataError, match=f"no_such_dataset_xyz.*{tfds_dir}"):
-        ip.dataset_info(cfg)
+    with pytest.raises(data_sources.DataError, match=f"no_such_dataset_xyz.*{tfds_dir}"):
+        data_sources.dataset_info(cfg)
     cfg = _config("tfds:mnist", data_dir=str(tfds_dir))  # Known to TFDS, not prepared here.
-    with pytest.raises(ip.DataError, match=f"'mnist' is not prepared.*{tfds_dir}"):
+    with pytest.raises(data_sources.DataError, match=f"'mnist' is not prepared.*{tfds_dir}"):
         ip.train_iterator(cfg, global_batch_size=2, seed=0, process_index=0, process_count=1)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from contrastive_jax import augment, config_defaults, input_pipeline, linear_eval, parallel, train
+from contrastive_jax import (augment, config_defaults, data_sources, host_shards, linear_eval,
+                             parallel, train)
 from contrastive_jax.logging import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,8 +117,8 @@ def test_training_batches_follow_the_example_seeds_and_are_reaugmented_every_epo
     data = _synthetic_data()
     epochs = _batches(data, seed=3, count=2)  # 8 examples, batch 8: one batch per epoch.
 
-    split = input_pipeline.indexed_split(data, "train")
-    order = input_pipeline.train_shard(8, 0, 1)[input_pipeline.epoch_order(8, 3, 0).numpy()]
+    split = data_sources.indexed_split(data, "train")
+    order = host_shards.train_shard(8, 0, 1)[host_shards.epoch_order(8, 3, 0).numpy()]
     first_epoch = np.stack([
         linear_eval.train_view(split.load(i)[0], augment.example_seed(3, 0, i), 16, 0.08).numpy()
         for i in order])

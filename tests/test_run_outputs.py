@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from contrastive_jax import evaluators, input_pipeline, parallel, train
+from contrastive_jax import data_sources, evaluators, input_pipeline, parallel, train
 from contrastive_jax.logging import read_metrics
 
 from test_train import final_params, tiny_config
@@ -142,10 +142,10 @@ def test_knn_and_linear_share_one_extraction_per_split(monkeypatch):
     reports when run alone."""
     config = tiny_config()
     method = types.SimpleNamespace(encoder_features=_pixels)
-    chosen = evaluators.names(config, method, input_pipeline.dataset_info(config.data))
+    chosen = evaluators.names(config, method, data_sources.dataset_info(config.data))
     assert chosen == ("knn", "linear")
     built = evaluators.build(chosen, config, method, None,
-                             input_pipeline.dataset_info(config.data), "shard_map",
+                             data_sources.dataset_info(config.data), "shard_map",
                              parallel.make_mesh())
     alone = {**built["knn"].run({}), **built["linear"].run({})}
     splits = []

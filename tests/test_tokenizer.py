@@ -9,7 +9,7 @@ import sentencepiece
 import tensorflow as tf
 
 from contrastive_jax import tokenizer as tok
-from contrastive_jax.input_pipeline import DataError
+from contrastive_jax.data_sources import DataError
 
 TEXTS = ["a photo of a cat.", "café crème brûlée", "東京の夜景", "dogs 🐕 and cats 🐈", "", "x"]
 

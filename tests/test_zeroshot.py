@@ -7,7 +7,7 @@ import re
 import pytest
 import tensorflow as tf
 
-from contrastive_jax import image_text_pipeline, input_pipeline, tokenizer, train, zeroshot
+from contrastive_jax import data_sources, image_text_pipeline, tokenizer, train, zeroshot
 from contrastive_jax.evaluators import image_text
 from contrastive_jax.tools import make_imagenet_names
 
@@ -70,7 +70,7 @@ def test_a_zero_shot_split_the_source_lacks_is_refused_before_training(tmp_path)
     source = image_folder(tmp_path / "images", ("train", "test"), ("a", "b"))
     config = image_text_config("clip", eval_every=0, batch_size=8, **{
         "data.source": source, "eval.zeroshot_split": "validation"})
-    with pytest.raises(input_pipeline.DataError, match="eval.zeroshot_split"):
+    with pytest.raises(data_sources.DataError, match="eval.zeroshot_split"):
         train.Trainer(config, str(tmp_path / "run"))
 
 

@@ -29,7 +29,7 @@ from typing import Iterator
 import ml_collections
 import tensorflow as tf
 
-from contrastive_jax import input_pipeline
+from contrastive_jax import data_sources, input_pipeline
 
 # The reference's CIFAR-10 pretraining settings (its README: --image_size=32
 # --color_jitter_strength=0.5 --use_blur=False); blur, when on, is its batch_random_blur.
@@ -89,7 +89,7 @@ def reference_iterator(reference: ModuleType, cfg: ml_collections.ConfigDict,
     accelerator; here on the host, as ours does). Same files, decode, parallelism, prefetch and
     tf.data options as `input_pipeline.train_iterator`.
     """
-    split = input_pipeline.indexed_split(cfg, cfg.train_split)
+    split = data_sources.indexed_split(cfg, cfg.train_split)
     size, strength = int(cfg.image_size), float(cfg.color_strength)
 
     def preprocess(index):
@@ -154,7 +154,7 @@ def main(argv=None) -> None:
                                                     global_batch_size=args.batch_size,
                                                     process_index=0, process_count=1)
             # Eval ends after one pass: warm up on at most half of it.
-            batches = -(-input_pipeline.num_examples(cfg, args.eval_split) // args.batch_size)
+            batches = -(-data_sources.num_examples(cfg, args.eval_split) // args.batch_size)
             warmup = min(args.warmup, batches // 2)
             steps = min(args.steps, batches - warmup)
         else:

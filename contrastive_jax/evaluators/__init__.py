@@ -2,7 +2,7 @@
 
 As in big_vision's evaluators: each is a class built once per run, `__init__(config, method,
 model, info, kind, mesh)` (the single-device evaluation `model`, `info` the dataset's
-`input_pipeline.DatasetInfo`, the run's layout and mesh), which wraps its extraction functions
+`data_sources.DatasetInfo`, the run's layout and mesh), which wraps its extraction functions
 once so that they compile once, and `run(variables) -> {metric: value}` evaluates the given
 parameters and BatchNorm statistics (replicated in the run's layout). The pure functions they
 wrap (kNN, linear probe, zero-shot, retrieval) are in `contrastive_jax.evaluate`.

@@ -37,12 +37,12 @@ def zeroshot_split(config: ml_collections.ConfigDict) -> str:
 
 def check_zeroshot_split(config: ml_collections.ConfigDict) -> None:
     """Refuses, before training, a zero-shot split its source does not have."""
-    from contrastive_jax import input_pipeline
+    from contrastive_jax import data_sources
     split = zeroshot_split(config)
     try:
-        input_pipeline.num_examples(zeroshot_data(config), split)
-    except input_pipeline.DataError as error:
-        raise input_pipeline.DataError(
+        data_sources.num_examples(zeroshot_data(config), split)
+    except data_sources.DataError as error:
+        raise data_sources.DataError(
             f"zero-shot evaluation reads split {split!r} (eval.zeroshot_split, else "
             f"data.eval_split) of {zeroshot_data(config).source!r}: {error}") from None
 
@@ -72,9 +72,9 @@ class ZeroShotEvaluator:
 
     def _classifier(self, variables: Any, data: ml_collections.ConfigDict) -> np.ndarray:
         """[classes, d] unit class vectors from every class's prompts."""
-        from contrastive_jax import input_pipeline, tokenizer
+        from contrastive_jax import data_sources, tokenizer
         prompts = [zeroshot.prompts(name, zeroshot.EVAL_TEMPLATES)
-                   for name in input_pipeline.class_names(data)]
+                   for name in data_sources.class_names(data)]
         tokens = tokenizer.get_tokenizer(self._config.data).tokenize(
             [prompt for class_prompts in prompts for prompt in class_prompts])
         embeddings = self._prompts(parallel.unreplicate(variables, self._kind),
