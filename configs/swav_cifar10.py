@@ -6,8 +6,9 @@
 ResNet-18 (CIFAR stem), batch 256, LARS at 0.6 x B/256 with weight decay 1e-6, 10 warmup epochs
 and 1000 of cosine decay, projection 2048-128 with BatchNorm, 3,000 prototypes frozen for the
 first 2 epochs, T = 0.1, Sinkhorn epsilon 0.05 with 3 iterations, SimCLR's colour distortion at
-strength 1 without blur. Two 32x32 views: the libraries' multi-crop and their queue of 3,840
-earlier scores (from epoch 50) are not implemented here (see methods/swav.py).
+strength 1 without blur. Two 32x32 views, as the libraries' CIFAR runs take; multi-crop is
+there for other settings (`--config.data.small_crops=V`, see configs/swav_imagenet.py). Their
+queue of 3,840 earlier scores (from epoch 50) is not implemented here (see methods/swav.py).
 """
 
 from contrastive_jax import config_defaults

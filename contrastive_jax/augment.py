@@ -34,6 +34,7 @@ except (RuntimeError, ValueError):  # Devices already initialised; nothing to do
     pass
 
 _SEED_SALT = 0x5EED  # Second word of the run seed, so seed k and seed pair (k, 0) differ.
+_SMALL_CROPS_SALT = 0x5C0  # Folded into an example's seed for its small crops (multi-crop).
 
 
 # ------------------------------------------------------------------------------------------------
@@ -45,6 +46,15 @@ def example_seed(seed, epoch, index) -> tf.Tensor:
     base = tf.stack([tf.cast(seed, tf.int64), tf.constant(_SEED_SALT, tf.int64)])
     s = tf.random.experimental.stateless_fold_in(base, tf.cast(epoch, tf.int64))
     return tf.random.experimental.stateless_fold_in(s, tf.cast(index, tf.int64))
+
+
+def small_crop_seeds(seed, epoch, index, num: int) -> tf.Tensor:
+    """The [num, 2] seeds of an example's `num` small crops (SwAV's multi-crop), each for one
+    `simclr_view`: drawn apart from `example_seed`'s tree, so the two views stay those of a run
+    without small crops."""
+    salted = tf.random.experimental.stateless_fold_in(
+        example_seed(seed, epoch, index), tf.constant(_SMALL_CROPS_SALT, tf.int64))
+    return _split(salted, num)
 
 
 def _split(seed, num: int) -> tf.Tensor:
@@ -403,6 +413,13 @@ def batched_example_seed(seed, epoch, index) -> tf.Tensor:
 def batched_view_seeds(seed, epoch, index) -> tf.Tensor:
     """int64 [n, 2, 2]: the seeds of the two views `two_views` draws for examples (epoch, index)."""
     return batched_split(batched_example_seed(seed, epoch, index), 2)
+
+
+def batched_small_crop_seeds(seed, epoch, index, num: int) -> tf.Tensor:
+    """int64 [n, num, 2]: `small_crop_seeds(seed, epoch[i], index[i], num)` for every i."""
+    example_seeds = batched_example_seed(seed, epoch, index)
+    salt = tf.fill(tf.shape(example_seeds)[:-1], tf.constant(_SMALL_CROPS_SALT, tf.int64))
+    return batched_split(batched_fold_in(example_seeds, salt), num)
 
 
 class CropDraws(NamedTuple):

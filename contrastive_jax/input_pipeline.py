@@ -49,6 +49,26 @@ def _prob(value):
     return tuple(float(v) for v in value) if isinstance(value, (tuple, list)) else float(value)
 
 
+class SmallCrops(NamedTuple):
+    """SwAV's multi-crop: `num` extra low-resolution views of every example, `size` pixels a
+    side, cropped from `area_range` of the image; colour as the two views'."""
+
+    num: int
+    size: int
+    area_range: tuple[float, float]
+
+
+def small_crops(data_config) -> SmallCrops | None:
+    """The small crops `data.small_crops` asks for (only SwAV's configs have the field), or
+    None."""
+    num = int(data_config.get("small_crops", 0))
+    if num <= 0:
+        return None
+    return SmallCrops(num, int(data_config.small_crop_size),
+                      (float(data_config.small_crop_area_min),
+                       float(data_config.small_crop_area_max)))
+
+
 def with_pipeline_options(ds: tf.data.Dataset) -> tf.data.Dataset:
     """`ds`, deterministic (batches repeat across runs) with its maps parallelised."""
     options = tf.data.Options()
@@ -165,26 +185,41 @@ def crop_stage(data_config, seed: int, source: TrainSource, chunk: int) -> tf.da
     in [0, 1], "label": int32 [chunk], "epoch", "index": int64 [chunk], "color_draws":
     augment.ColorDraws [chunk, 2]}, the views of `augment.two_views` before their colour changes
     and what those changes draw, from the seeds `augment.example_seed(seed, epoch, index)` splits
-    into. One map call does a chunk: all its draws at once (the numbers the per-example ops would
-    draw), then each example's image ops, unrolled, since on small images tf.data's cost per map
-    call exceeds that of the crop itself.
+    into. With `small_crops`, also "small_views": float32 [chunk, V, s, s, 3] and
+    "small_color_draws" [chunk, V], the `augment.simclr_view`s of `augment.small_crop_seeds`
+    before their colour changes. One map call does a chunk: all its draws at once (the numbers
+    the per-example ops would draw), then each example's image ops, unrolled, since on small
+    images tf.data's cost per map call exceeds that of the crop itself.
     """
     kwargs = _view_kwargs(data_config)
     size = kwargs.pop("image_size")
     del kwargs["blur"]
+    small = small_crops(data_config)
+
+    def draws_of(draws, k):
+        return tf.nest.map_structure(lambda t: t[k], draws.crop)
 
     @tf.autograph.experimental.do_not_convert  # Plain Python loops: tracing is faster without.
     def crop_chunk(epoch, index, *records):
         draws = augment.draw_two_views(augment.batched_view_seeds(seed, epoch, index), **kwargs)
-        views, labels = [], []
+        if small:
+            small_draws = augment.draw_views(
+                augment.batched_small_crop_seeds(seed, epoch, index, small.num),
+                **{**kwargs, "crop_area_range": small.area_range})
+        views, small_views, labels = [], [], []
         for k in range(chunk):
             image, label = source.read(index[k], *(record[k] for record in records))
-            views.append(_crop_views(image, tf.nest.map_structure(
-                lambda t: t[k], draws.crop), size))  # noqa: B023
+            views.append(_crop_views(image, draws_of(draws, k), size))
+            if small:
+                small_views.append(tf.stack(_crop_views(image, draws_of(small_draws, k),
+                                                        small.size)))
             labels.append(label)
         view1, view2 = (tf.stack(v) for v in zip(*views))
-        return {"view1": view1, "view2": view2, "label": tf.stack(labels), "epoch": epoch,
-                "index": index, "color_draws": draws.color}
+        out = {"view1": view1, "view2": view2, "label": tf.stack(labels), "epoch": epoch,
+               "index": index, "color_draws": draws.color}
+        if small:
+            out.update(small_views=tf.stack(small_views), small_color_draws=small_draws.color)
+        return out
 
     ds = source.stream.batch(chunk, drop_remainder=True)
     return ds.map(crop_chunk, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -193,8 +228,10 @@ def crop_stage(data_config, seed: int, source: TrainSource, chunk: int) -> tf.da
 def color_stage(data_config) -> Callable[[dict], dict]:
     """Stage 2 of the training views, one map over a batch of `crop_stage` examples: colour
     jitter, grayscale, blur, solarisation with each example's own draws (`augment.two_views`'
-    colour ops, batched). Returns {"view1", "view2", "label"}."""
+    colour ops, batched). Returns {"view1", "view2", "label"}, and "small_views" [n, V, s, s, 3]
+    with `small_crops`."""
     kwargs = _view_kwargs(data_config)
+    small = small_crops(data_config)
 
     @tf.autograph.experimental.do_not_convert  # Plain Python loops: tracing is faster without.
     def fn(batch):
@@ -202,7 +239,15 @@ def color_stage(data_config) -> Callable[[dict], dict]:
             batch["view1"], batch["view2"], batch["color_draws"], image_size=kwargs["image_size"],
             color_strength=kwargs["color_strength"], blur=kwargs["blur"],
             solarize_prob=kwargs["solarize_prob"])
-        return {"view1": view1, "view2": view2, "label": batch["label"]}
+        out = {"view1": view1, "view2": view2, "label": batch["label"]}
+        if small:  # The n x V small views through the colour ops as one batch.
+            flat = lambda t: tf.reshape(t, tf.concat([[-1], tf.shape(t)[2:]], 0))  # noqa: E731
+            views = augment.color_batch(
+                flat(batch["small_views"]), tf.nest.map_structure(flat, batch["small_color_draws"]),
+                image_size=small.size, color_strength=kwargs["color_strength"],
+                blur=kwargs["blur"], solarize_prob=kwargs["solarize_prob"])
+            out["small_views"] = tf.reshape(views, [-1, small.num, small.size, small.size, 3])
+        return out
 
     return fn
 
@@ -232,8 +277,10 @@ def train_iterator(data_config, *, global_batch_size: int, seed: int, start_step
     """This host's slice of every global training batch, forever.
 
     Yields {"view1": float32 [n, S, S, 3] in [0, 1], "view2": same, "label": int32 [n]}, with
-    n = global_batch_size // process_count and S = data_config.image_size. With start_step=k the
-    first batch is the one an uninterrupted run yields at step k.
+    n = global_batch_size // process_count and S = data_config.image_size; with
+    `data.small_crops` = V > 0 (SwAV's multi-crop) also "small_views": float32 [n, V, s, s, 3],
+    s = data.small_crop_size. With start_step=k the first batch is the one an uninterrupted run
+    yields at step k.
     """
     return _train_batches(data_config, color_stage(data_config),
                           global_batch_size=global_batch_size, seed=seed, start_step=start_step,

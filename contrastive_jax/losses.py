@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 
-from typing import Literal
+from typing import Literal, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -442,20 +442,30 @@ def sinkhorn_knopp(scores: Array, epsilon: float = 0.05, iterations: int = 3, *,
 
 
 def swav_loss(scores1: Array, scores2: Array, temperature: float, *, epsilon: float = 0.05,
-              iterations: int = 3, axis_name: str | None = None) -> Array:
+              iterations: int = 3, axis_name: str | None = None,
+              small_scores: Sequence[Array] = ()) -> Array:
     """SwAV's swapped prediction (Caron et al. 2020, eq. 1-2) for two views: each view's codes
     (`sinkhorn_knopp` over the global batch, no gradient) are the targets of the other view's
     softmax(scores / T); the mean over the local rows of the two cross-entropies, halved.
+
+    With multi-crop, `small_scores` holds the V small crops' scores [n, K] each: they have no
+    codes of their own but predict both views', so each view's codes are the targets of the
+    V + 1 other crops, their cross-entropies averaged, and the two views' averages halved (the
+    reference's loss; V = 0 is the two-view loss above).
 
     `scores` are cosines to the prototypes. Per example once the codes are fixed, so under a
     named axis the pmean of per-device losses, and of their gradients, are the global ones.
     """
     _check_temperature(temperature)
-    codes1 = sinkhorn_knopp(scores1, epsilon, iterations, axis_name=axis_name)
-    codes2 = sinkhorn_knopp(scores2, epsilon, iterations, axis_name=axis_name)
+    crops = [scores1, scores2, *small_scores]
 
     def cross_entropy(codes, scores):
         log_probs = jax.nn.log_softmax(scores.astype(jnp.float32) / temperature, axis=-1)
         return -jnp.mean(jnp.sum(codes * log_probs, axis=-1))
 
-    return 0.5 * (cross_entropy(codes1, scores2) + cross_entropy(codes2, scores1))
+    total = 0.0
+    for view, scores in enumerate((scores1, scores2)):
+        codes = sinkhorn_knopp(scores, epsilon, iterations, axis_name=axis_name)
+        others = [crop for k, crop in enumerate(crops) if k != view]
+        total += sum(cross_entropy(codes, crop) for crop in others) / len(others)
+    return 0.5 * total

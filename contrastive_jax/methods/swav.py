@@ -12,13 +12,18 @@ freezes them for its first epoch(s). Both views go through the network as one ba
 SimCLR, so BatchNorm (over the `data` axis) sees all 2N views. An online linear probe tracks
 representation quality.
 
-Left out for now: multi-crop (the 2 x 224 + 6 x 96 views; here the two standard views) and the
-queue of earlier batches' scores the reference adds for batches under 256.
+Multi-crop (`data.small_crops` = V > 0; the paper's 2 x 224 + 6 x 96): the V small views of
+every example go through the encoder as a second batch, since they differ in size (so its
+BatchNorm normalises each resolution by its own statistics, as the reference's per-resolution
+forward passes do); their features join the two views' in one batch through the projection.
+Only the two views get codes; all 2 + V crops predict them (`losses.swav_loss`).
+
+Left out for now: the queue of earlier batches' scores the reference adds for batches under 256.
 """
 
 from __future__ import annotations
 
-
+import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -26,7 +31,7 @@ import ml_collections
 
 from contrastive_jax import losses
 from contrastive_jax.methods import simclr
-from contrastive_jax.methods.simclr import batch_shapes, encoder_features, init_variables
+from contrastive_jax.methods.simclr import encoder_features, init_variables
 from contrastive_jax.models import heads
 
 __all__ = ["after_update", "batch_shapes", "build_model", "encoder_features", "init_variables",
@@ -45,10 +50,15 @@ class SwAVModel(nn.Module):
     num_prototypes: int
 
     @nn.compact
-    def __call__(self, images: Array, train: bool) -> tuple[Array, Array, Array, Array]:
-        """(features, unit projections, probe logits, prototypes)."""
+    def __call__(self, images: Array, train: bool,
+                 small_images: Array | None = None) -> tuple[Array, Array, Array, Array]:
+        """(features of `images`, unit projections of `images` then `small_images`, probe
+        logits of `images`, prototypes)."""
         features = self.encoder(images, train=train)
-        projection = self.projection(features, train=train)
+        crops = features
+        if small_images is not None:  # A second pass: BatchNorm statistics per resolution.
+            crops = jnp.concatenate([features, self.encoder(small_images, train=train)], axis=0)
+        projection = self.projection(crops, train=train)
         probe_logits = heads.LinearProbe(self.num_classes, name="probe")(features)
         prototypes = self.param(
             "prototypes", lambda key, shape: losses.l2_normalize(jax.random.normal(key, shape)),
@@ -64,6 +74,38 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.loss.sinkhorn_epsilon <= 0:
         raise ValueError(f"config.loss.sinkhorn_epsilon must be > 0, got "
                          f"{config.loss.sinkhorn_epsilon}")
+    _validate_small_crops(config.data)
+
+
+def _validate_small_crops(data: ml_collections.ConfigDict) -> None:
+    num = data.get("small_crops", 0)
+    if num < 0:
+        raise ValueError(f"config.data.small_crops must be >= 0, got {num}")
+    if num == 0:
+        return
+    if data.small_crop_size < 1:
+        raise ValueError(f"config.data.small_crop_size must be >= 1, got {data.small_crop_size}")
+    if not 0 < data.small_crop_area_min < data.small_crop_area_max <= 1:
+        raise ValueError(
+            f"config.data.small_crop_area_min and _max must satisfy 0 < min < max <= 1, got "
+            f"{data.small_crop_area_min} and {data.small_crop_area_max}")
+    if data.augment_on != "host":
+        raise ValueError("config.data.small_crops needs data.augment_on='host': the device "
+                         "augmentation makes the two views only")
+    for key in ("blur_prob", "solarize_prob"):
+        if isinstance(data.get(key), (tuple, list)):
+            raise ValueError(f"config.data.small_crops needs one config.data.{key} for all "
+                             f"crops, got the per-view pair {data[key]}")
+
+
+def batch_shapes(config: ml_collections.ConfigDict, n: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """SimCLR's two views and labels, and with multi-crop "small_views" [n, V, s, s, 3]."""
+    shapes = simclr.batch_shapes(config, n)
+    num = config.data.get("small_crops", 0)
+    if num > 0:
+        size = config.data.small_crop_size
+        shapes["small_views"] = jax.ShapeDtypeStruct((n, num, size, size, 3), jnp.float32)
+    return shapes
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int,
@@ -83,18 +125,25 @@ def prototype_scores(projections: Array, prototypes: Array, frozen: Array) -> Ar
 
 def loss_fn(model: SwAVModel, config: ml_collections.ConfigDict, params, state,
             batch: dict[str, Array], rng: Array, axis_name: str | None):
-    """The swapped prediction of the two views' codes, plus the online probe."""
+    """The swapped prediction of the two views' codes (by the small crops too, with
+    multi-crop), plus the online probe."""
     del rng
     n = batch["view1"].shape[0]
     images = jnp.concatenate([batch["view1"], batch["view2"]], axis=0)
+    small_images = None
+    if "small_views" in batch:
+        small_images = einops.rearrange(batch["small_views"], "n v h w c -> (v n) h w c")
     (_, projections, probe_logits, prototypes), updates = model.apply(
         {"params": params, "batch_stats": state.batch_stats}, images, train=True,
-        mutable=["batch_stats"])
+        small_images=small_images, mutable=["batch_stats"])
     frozen = state.step < config.loss.freeze_prototypes_steps
     scores = prototype_scores(projections, prototypes, frozen)
+    small_scores = [] if small_images is None else list(
+        einops.rearrange(scores[2 * n:], "(v n) k -> v n k", n=n))
     contrastive = losses.swav_loss(
-        scores[:n], scores[n:], config.loss.temperature, epsilon=config.loss.sinkhorn_epsilon,
-        iterations=config.loss.sinkhorn_iterations, axis_name=axis_name)
+        scores[:n], scores[n:2 * n], config.loss.temperature,
+        epsilon=config.loss.sinkhorn_epsilon, iterations=config.loss.sinkhorn_iterations,
+        axis_name=axis_name, small_scores=small_scores)
     probe_loss, probe_metrics = simclr.probe_loss_and_metrics(
         probe_logits, jnp.concatenate([batch["label"], batch["label"]]))
     metrics = {**probe_metrics, "contrastive_loss": contrastive,
