@@ -5,13 +5,14 @@
         --repeats=3]
 
 prints one JSON line per case: "train_two_views" (decode + two augmented views per example),
-"eval" (decode + centre crop) and, with --reference_data_util, "reference_two_views": the SimCLR
-reference's own training preprocessing (google-research/simclr, tf2/data_util.py, taken from a
-clone of that repository: it is not part of this project) twice per example, as its run.py
+"train_multi_crop" (the same two views plus --small_crops crops of --small_crop_size px, SwAV's
+multi-crop), "eval" (decode + centre crop) and, with --reference_data_util, "reference_two_views":
+the SimCLR reference's own training preprocessing (google-research/simclr, tf2/data_util.py, taken
+from a clone of that repository: it is not part of this project) twice per example, as its run.py
 pretrains, over the same JPEGs with the same tf.data settings; then a "ratio" line, ours over the
-reference. Nothing runs on an accelerator; the figures say how many examples per second this
-host's CPUs can feed a training step. `cpu_us_per_example` (CPU time of this process, all
-threads) is steadier than examples/s when other work shares the machine.
+reference. Nothing runs on an accelerator; the figures say how many examples per second this host's
+CPUs can feed a training step. `cpu_us_per_example` (CPU time of this process, all threads) is
+steadier than examples/s when other work shares the machine.
 """
 
 from __future__ import annotations
@@ -123,6 +124,9 @@ def main(argv=None) -> None:
     parser.add_argument("--color_strength", type=float, default=0.5)
     parser.add_argument("--blur", type=int, default=0, help="1: Gaussian blur p=0.5 (ImageNet)")
     parser.add_argument("--eval_split", default="test")
+    parser.add_argument("--small_crops", type=int, default=6, help="train_multi_crop's crops")
+    parser.add_argument("--small_crop_size", type=int, default=16,
+                        help="train_multi_crop's crop side (SwAV: 96 at 224)")
     parser.add_argument("--cases", default=None,
                         help="comma-separated; default: train_two_views,eval, plus "
                              "reference_two_views with --reference_data_util")
@@ -134,6 +138,9 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     cases = args.cases or ("train_two_views,reference_two_views,eval"
                            if args.reference_data_util else "train_two_views,eval")
+    multi_crop = data_config(args)
+    multi_crop.update(dict(small_crops=args.small_crops, small_crop_size=args.small_crop_size,
+                           small_crop_area_min=0.05, small_crop_area_max=0.14))
     cfg = data_config(args)
     common = {"source": args.source, "batch_size": args.batch_size,
               "image_size": args.image_size, "blur": bool(args.blur),
@@ -143,6 +150,9 @@ def main(argv=None) -> None:
         steps, warmup = args.steps, args.warmup
         if case == "train_two_views":
             iterator = input_pipeline.train_iterator(cfg, global_batch_size=args.batch_size,
+                                                     seed=0, process_index=0, process_count=1)
+        elif case == "train_multi_crop":
+            iterator = input_pipeline.train_iterator(multi_crop, global_batch_size=args.batch_size,
                                                      seed=0, process_index=0, process_count=1)
         elif case == "reference_two_views":
             if not args.reference_data_util:
@@ -158,8 +168,8 @@ def main(argv=None) -> None:
             warmup = min(args.warmup, batches // 2)
             steps = min(args.steps, batches - warmup)
         else:
-            raise SystemExit(f"unknown case {case!r}: use train_two_views, reference_two_views "
-                             "and/or eval")
+            raise SystemExit(f"unknown case {case!r}: use train_two_views, train_multi_crop, "
+                             "reference_two_views and/or eval")
         results[case].append(measure(iterator, args.batch_size, steps, warmup))
         print(json.dumps({"case": case, **common, **results[case][-1]}), flush=True)
     if {"train_two_views", "reference_two_views"} <= set(results):
