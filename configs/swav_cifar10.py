@@ -6,9 +6,9 @@
 ResNet-18 (CIFAR stem), batch 256, LARS at 0.6 x B/256 with weight decay 1e-6, 10 warmup epochs
 and 1000 of cosine decay, projection 2048-128 with BatchNorm, 3,000 prototypes frozen for the
 first 2 epochs, T = 0.1, Sinkhorn epsilon 0.05 with 3 iterations, SimCLR's colour distortion at
-strength 1 without blur. Two 32x32 views, as the libraries' CIFAR runs take; multi-crop is
-there for other settings (`--config.data.small_crops=V`, see configs/swav_imagenet.py). Their
-queue of 3,840 earlier scores (from epoch 50) is not implemented here (see methods/swav.py).
+strength 1 without blur, a queue of the last 3,840 projections (15 batches) for Sinkhorn-Knopp
+from epoch 50 on. Two 32x32 views, as the libraries' CIFAR runs take; multi-crop is there for
+other settings (`--config.data.small_crops=V`, see configs/swav_imagenet.py).
 """
 
 from contrastive_jax import config_defaults
@@ -30,4 +30,6 @@ def get_config(arg=None):
     config.optimizer.weight_decay = 1e-6
     config.optimizer.warmup_epochs = 10.0
     config.loss.freeze_prototypes_steps = 2 * (CIFAR10_TRAIN_EXAMPLES // config.batch_size)
+    config.loss.queue_length = 3840
+    config.loss.queue_start_steps = 50 * (CIFAR10_TRAIN_EXAMPLES // config.batch_size)
     return config

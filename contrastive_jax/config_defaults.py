@@ -138,6 +138,10 @@ def _add_swav_fields(config: ml_collections.ConfigDict) -> None:
     config.data.small_crop_size = 96
     config.data.small_crop_area_min = 0.05
     config.data.small_crop_area_max = 0.14
+    # The queue of earlier batches' projections for Sinkhorn-Knopp (0: none), filled from
+    # queue_start_steps on; the reference's ImageNet runs at batch 256 take 3,840 from epoch 15.
+    config.loss.queue_length = 0
+    config.loss.queue_start_steps = 0
     config.model.head_layers = 2
     config.model.head_hidden_dim = 2048
     config.model.head_out_dim = 128

@@ -443,7 +443,9 @@ def sinkhorn_knopp(scores: Array, epsilon: float = 0.05, iterations: int = 3, *,
 
 def swav_loss(scores1: Array, scores2: Array, temperature: float, *, epsilon: float = 0.05,
               iterations: int = 3, axis_name: str | None = None,
-              small_scores: Sequence[Array] = ()) -> Array:
+              small_scores: Sequence[Array] = (),
+              queue_scores: tuple[Array, Array] | None = None,
+              use_queue: Array | bool = True) -> Array:
     """SwAV's swapped prediction (Caron et al. 2020, eq. 1-2) for two views: each view's codes
     (`sinkhorn_knopp` over the global batch, no gradient) are the targets of the other view's
     softmax(scores / T); the mean over the local rows of the two cross-entropies, halved.
@@ -452,6 +454,11 @@ def swav_loss(scores1: Array, scores2: Array, temperature: float, *, epsilon: fl
     codes of their own but predict both views', so each view's codes are the targets of the
     V + 1 other crops, their cross-entropies averaged, and the two views' averages halved (the
     reference's loss; V = 0 is the two-view loss above).
+
+    With `queue_scores` (the scores of earlier batches' projections of view 1 and of view 2,
+    [m, K] per device), each view's codes come from Sinkhorn-Knopp over its queue's rows and
+    the batch's together (a larger batch to partition; the reference's queue for batches under
+    256), where `use_queue` holds; elsewhere from the batch alone.
 
     `scores` are cosines to the prototypes. Per example once the codes are fixed, so under a
     named axis the pmean of per-device losses, and of their gradients, are the global ones.
@@ -466,6 +473,10 @@ def swav_loss(scores1: Array, scores2: Array, temperature: float, *, epsilon: fl
     total = 0.0
     for view, scores in enumerate((scores1, scores2)):
         codes = sinkhorn_knopp(scores, epsilon, iterations, axis_name=axis_name)
+        if queue_scores is not None:
+            with_queue = sinkhorn_knopp(jnp.concatenate([queue_scores[view], scores]), epsilon,
+                                        iterations, axis_name=axis_name)[-scores.shape[0]:]
+            codes = jnp.where(use_queue, with_queue, codes)
         others = [crop for k, crop in enumerate(crops) if k != view]
         total += sum(cross_entropy(codes, crop) for crop in others) / len(others)
     return 0.5 * total

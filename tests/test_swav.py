@@ -31,9 +31,10 @@ def numpy_sinkhorn(scores, epsilon, iterations):
     return (q * num_rows).T
 
 
-def numpy_swav_loss(scores1, scores2, temperature, epsilon, iterations, small=()):
-    """The reference's loop: for each of the two views' codes, the mean cross-entropy of every
-    other crop's prediction; the two means averaged."""
+def numpy_swav_loss(scores1, scores2, temperature, epsilon, iterations, small=(), queue=None):
+    """The reference's loop: for each of the two views' codes (from Sinkhorn over the view's
+    queue rows and the batch's, with a queue), the mean cross-entropy of every other crop's
+    prediction; the two means averaged."""
     def log_softmax(x):
         x = np.float64(x) / temperature
         return x - np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
@@ -41,7 +42,8 @@ def numpy_swav_loss(scores1, scores2, temperature, epsilon, iterations, small=()
     crops = [scores1, scores2, *small]
     loss = 0.0
     for view in (0, 1):
-        q = numpy_sinkhorn(crops[view], epsilon, iterations)
+        rows = crops[view] if queue is None else np.concatenate([queue[view], crops[view]])
+        q = numpy_sinkhorn(rows, epsilon, iterations)[-len(crops[view]):]
         others = [k for k in range(len(crops)) if k != view]
         loss -= sum(np.mean(np.sum(q * log_softmax(crops[k]), -1)) for k in others) / len(others)
     return loss / 2
@@ -70,6 +72,15 @@ def test_sinkhorn_and_the_loss_equal_numpy():
                                    small_scores=small))
     assert multi == pytest.approx(numpy_swav_loss(scores1, scores2, 0.1, 0.05, 3, small),
                                   rel=1e-5)
+    queue = (cosine_scores(rng, 32, 5), cosine_scores(rng, 32, 5))
+    queued = float(losses.swav_loss(scores1, scores2, 0.1, epsilon=0.05, iterations=3,
+                                    small_scores=small, queue_scores=queue))
+    assert queued == pytest.approx(
+        numpy_swav_loss(scores1, scores2, 0.1, 0.05, 3, small, queue), rel=1e-5)
+    assert abs(queued - multi) > 1e-3  # The queue's rows change the codes.
+    unused = float(losses.swav_loss(scores1, scores2, 0.1, epsilon=0.05, iterations=3,
+                                    small_scores=small, queue_scores=queue, use_queue=False))
+    assert unused == pytest.approx(multi, rel=1e-6)
 
 
 @pytest.mark.parametrize("kind", parallel.KINDS)
@@ -153,52 +164,101 @@ def multicrop_config(**overrides):
         "loss.freeze_prototypes_steps": 0, **overrides}), 64)
 
 
-def test_multicrop_step_over_8_devices_equals_one_device():
-    """Loss, gradients and BatchNorm statistics of a multi-crop step (2 views of 16 px, 2 small
-    crops of 8 px) over 8 devices of 2 examples, synchronised BatchNorm, equal one device's on
-    the global 16: the small crops' layout, their BatchNorm pass and the codes' global sums
-    all hold across devices. (A one-convolution encoder: the ResNet's is SimCLR's.)"""
-    config = multicrop_config()
+QUEUE = 32  # Two global batches.
 
-    def model(axis_name):
-        return swav.SwAVModel(encoder=TinyEncoder(axis_name), projection=heads.ProjectionHead(
-            num_layers=2, hidden_dim=16, out_dim=8, bn_axis_name=axis_name), num_classes=10,
-            num_prototypes=6)
 
+def _swav_model(axis_name):
+    return swav.SwAVModel(encoder=TinyEncoder(axis_name), projection=heads.ProjectionHead(
+        num_layers=2, hidden_dim=16, out_dim=8, bn_axis_name=axis_name), num_classes=10,
+        num_prototypes=6)
+
+
+def _multicrop_batch_and_state(config, queue_rows):
     rng = np.random.default_rng(4)
     batch = {"view1": rng.random((16, 16, 16, 3), np.float32),
              "view2": rng.random((16, 16, 16, 3), np.float32),
              "small_views": rng.random((16, 2, 8, 8, 3), np.float32),
              "label": rng.integers(0, 10, 16).astype(np.int32)}
+    variables = _swav_model(None).init(jax.random.PRNGKey(0), batch["view1"][:2], train=False,
+                                       small_images=batch["small_views"][:2, 0])
+    queue = rng.normal(size=(2, QUEUE, 8)).astype(np.float32)
+    extra = {"queue": np.asarray(losses.l2_normalize(queue)),
+             "queue_ptr": jnp.asarray(16, jnp.int32), "queue_rows": jnp.asarray(queue_rows)}
+    state = train.TrainState(step=jnp.asarray(5, jnp.int32), params=variables["params"],
+                             batch_stats=variables["batch_stats"], opt_state=None, extra=extra)
+    return batch, state
+
+
+def _loss_and_grads(config, state, axis_name, params, batch):
+    (loss, (changes, metrics)), grads = jax.value_and_grad(
+        lambda p: swav.loss_fn(_swav_model(axis_name), config, p, state, batch, None, axis_name),
+        has_aux=True)(params)
+    return loss, grads, changes, metrics
+
+
+@pytest.mark.parametrize("queue_length", [0, QUEUE])
+def test_multicrop_step_over_8_devices_equals_one_device(queue_length):
+    """Loss, gradients, BatchNorm statistics and queue of a multi-crop step (2 views of 16 px,
+    2 small crops of 8 px; with a full queue of 2 batches or none) over 8 devices of 2
+    examples, synchronised BatchNorm, equal one device's on the global 16: the small crops'
+    layout, their BatchNorm pass, each device's share of the queue and the codes' global sums
+    all hold across devices. (A one-convolution encoder: the ResNet's is SimCLR's.)"""
+    config = multicrop_config(**{"loss.queue_length": queue_length})
+    batch, state = _multicrop_batch_and_state(config, queue_rows=QUEUE)
+    if not queue_length:
+        state = state.replace(extra={})
     assert {k: v.shape for k, v in swav.batch_shapes(config, 16).items()} == {
         k: v.shape for k, v in batch.items()}
-    variables = model(None).init(jax.random.PRNGKey(0), batch["view1"][:2], train=False,
-                                 small_images=batch["small_views"][:2, 0])
-    state = train.TrainState(step=jnp.asarray(0, jnp.int32), params=variables["params"],
-                             batch_stats=variables["batch_stats"], opt_state=None, extra={})
-
-    def loss_and_grads(axis_name, params, batch):
-        (loss, (updates, metrics)), grads = jax.value_and_grad(
-            lambda p: swav.loss_fn(model(axis_name), config, p, state, batch, None, axis_name),
-            has_aux=True)(params)
-        return loss, grads, updates["batch_stats"]
-
-    want = jax.jit(lambda p, b: loss_and_grads(None, p, b))(state.params, batch)
+    want = jax.jit(lambda p, b: _loss_and_grads(config, state, None, p, b))(state.params, batch)
 
     def per_device(params, batch):
-        loss, grads, stats = loss_and_grads(AXIS, params, batch)
-        return jax.lax.pmean(loss, AXIS), jax.lax.pmean(grads, AXIS), stats
+        loss, grads, changes, metrics = _loss_and_grads(config, state, AXIS, params, batch)
+        return jax.lax.pmean(loss, AXIS), jax.lax.pmean(grads, AXIS), changes, metrics
 
     got = jax.jit(jax.shard_map(per_device, mesh=parallel.make_mesh(), in_specs=(P(), P(AXIS)),
-                                out_specs=(P(), P(), P()), check_vma=False))(state.params, batch)
+                                out_specs=(P(), P(), P(), P()), check_vma=False))(
+        state.params, batch)
     assert float(got[0]) == pytest.approx(float(want[0]), rel=1e-5)
     largest = max(float(np.abs(g).max()) for g in jax.tree.leaves(want[1]))
     assert_trees_equal(got[1], want[1], rtol=1e-4, atol=1e-4 * largest)  # Summation order.
-    assert_trees_equal(got[2], want[2], rtol=1e-5, atol=1e-6)
+    assert_trees_equal(got[2], want[2], rtol=1e-4, atol=2e-5)
+    assert float(want[3]["queue_used"]) == float(queue_length > 0)
     # The small crops count: without them the loss differs.
     two_views = {k: v for k, v in batch.items() if k != "small_views"}
-    assert abs(float(jax.jit(lambda p, b: loss_and_grads(None, p, b))(
+    assert abs(float(jax.jit(lambda p, b: _loss_and_grads(config, state, None, p, b))(
         state.params, two_views)[0]) - float(want[0])) > 1e-3
+
+
+def test_the_queue_gets_the_global_batch_and_waits_until_full():
+    """After a step the queue holds the batch's unit projections of view 1 and view 2 at its
+    pointer (the rest unchanged); a queue not yet full leaves the codes those of the batch
+    alone; before queue_start_steps nothing is written."""
+    config = multicrop_config(**{"loss.queue_length": QUEUE})
+    batch, state = _multicrop_batch_and_state(config, queue_rows=QUEUE)
+    loss_full, _, changes, _ = _loss_and_grads(config, state, None, state.params, batch)
+    small = np.concatenate([batch["small_views"][:, v] for v in range(2)])  # (v n) rows.
+    (_, projections, _, _), _ = _swav_model(None).apply(
+        {"params": state.params, "batch_stats": state.batch_stats}, np.concatenate(
+            [batch["view1"], batch["view2"]]), train=True, small_images=small,
+        mutable=["batch_stats"])
+    queue = changes["extra"]["queue"]
+    np.testing.assert_allclose(queue[0, 16:], projections[:16], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(queue[1, 16:], projections[16:32], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(queue[:, :16], state.extra["queue"][:, :16])
+    assert int(changes["extra"]["queue_ptr"]) == 0 and int(changes["extra"]["queue_rows"]) == 32
+
+    filling = state.replace(extra={**state.extra, "queue_rows": jnp.asarray(16)})
+    loss_filling, _, changes, metrics = _loss_and_grads(config, filling, None, state.params,
+                                                        batch)
+    no_queue, _, _, _ = _loss_and_grads(multicrop_config(), state.replace(extra={}), None,
+                                        state.params, batch)
+    assert float(loss_filling) == pytest.approx(float(no_queue), rel=1e-6)
+    assert abs(float(loss_filling) - float(loss_full)) > 1e-4
+    assert float(metrics["queue_used"]) == 0.0 and int(changes["extra"]["queue_rows"]) == 32
+
+    waiting = multicrop_config(**{"loss.queue_length": QUEUE, "loss.queue_start_steps": 6})
+    _, _, changes, _ = _loss_and_grads(waiting, filling, None, state.params, batch)
+    assert_trees_equal(changes["extra"], filling.extra)
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -206,6 +266,7 @@ def test_multicrop_step_over_8_devices_equals_one_device():
     ({"data.small_crop_area_min": 0.2, "data.small_crop_area_max": 0.1},
      "small_crop_area_min and _max"),
     ({"data.augment_on": "device"}, "small_crops needs data.augment_on='host'"),
+    ({"loss.queue_length": 24}, "queue_length must be a multiple of batch_size"),
 ])
 def test_bad_multicrop_settings_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -215,9 +276,11 @@ def test_bad_multicrop_settings_are_refused(overrides, message):
 @pytest.mark.slow  # 30-50 s on 2 cores: the ResNet's step compiles for two resolutions.
 def test_a_multicrop_run_trains_on_the_pipelines_small_crops(tmp_path):
     """The trainer end to end on 8 devices: the pipeline's [n, V, s, s, 3] small views are
-    split over the devices and reach the step, whose loss is finite and logged."""
-    config = multicrop_config(**{"total_steps": 2, "checkpoint_every": 2, "eval_every": -1})
+    split over the devices and reach the step, whose loss is finite and logged; a queue of one
+    batch is full, and used, from the second step on."""
+    config = multicrop_config(**{"total_steps": 3, "checkpoint_every": 3, "eval_every": -1,
+                                 "loss.queue_length": 16})
     train.train_and_evaluate(config, str(tmp_path))
-    losses_logged = [row["contrastive_loss"] for row in read_metrics(str(tmp_path))
-                     if "contrastive_loss" in row]
-    assert len(losses_logged) == 2 and np.all(np.isfinite(losses_logged))
+    rows = [row for row in read_metrics(str(tmp_path)) if "contrastive_loss" in row]
+    assert len(rows) == 3 and np.all(np.isfinite([row["contrastive_loss"] for row in rows]))
+    assert [row["queue_used"] for row in rows] == [0.0, 1.0, 1.0]

@@ -18,7 +18,12 @@ BatchNorm normalises each resolution by its own statistics, as the reference's p
 forward passes do); their features join the two views' in one batch through the projection.
 Only the two views get codes; all 2 + V crops predict them (`losses.swav_loss`).
 
-Left out for now: the queue of earlier batches' scores the reference adds for batches under 256.
+The queue (`loss.queue_length` = Q > 0, the reference's for batches under 256): the unit
+projections of both views of the last Q / B global batches, in `TrainState.extra` (so
+checkpointed), filled from step `loss.queue_start_steps` on. Once full, their scores against
+the current prototypes join each view's rows in Sinkhorn-Knopp: each device takes an equal
+share of the queue, so the sums over all devices cover it once, as the reference's
+per-device queues do.
 """
 
 from __future__ import annotations
@@ -34,8 +39,8 @@ from contrastive_jax.methods import simclr
 from contrastive_jax.methods.simclr import encoder_features, init_variables
 from contrastive_jax.models import heads
 
-__all__ = ["after_update", "batch_shapes", "build_model", "encoder_features", "init_variables",
-           "loss_fn", "prototype_scores", "validate"]
+__all__ = ["after_update", "batch_shapes", "build_model", "device_share", "encoder_features",
+           "init_extra", "init_variables", "loss_fn", "prototype_scores", "validate"]
 
 Array = jax.Array
 
@@ -75,6 +80,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.loss.sinkhorn_epsilon must be > 0, got "
                          f"{config.loss.sinkhorn_epsilon}")
     _validate_small_crops(config.data)
+    queue_length = config.loss.get("queue_length", 0)
+    if queue_length < 0 or queue_length % config.batch_size:
+        raise ValueError(f"config.loss.queue_length must be a multiple of batch_size "
+                         f"({config.batch_size}), got {queue_length}")
 
 
 def _validate_small_crops(data: ml_collections.ConfigDict) -> None:
@@ -116,6 +125,43 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int,
                      num_classes=num_classes, num_prototypes=config.loss.num_prototypes)
 
 
+def init_extra(config: ml_collections.ConfigDict, variables: dict, rng: Array) -> dict:
+    """With `loss.queue_length` = Q > 0, an empty queue for the two views' unit projections
+    [2, Q, d], its write pointer and the number of rows written (at most Q); else nothing."""
+    del variables, rng
+    queue_length = config.loss.get("queue_length", 0)
+    if queue_length == 0:
+        return {}
+    return {"queue": jnp.zeros((2, queue_length, config.model.head_out_dim), jnp.float32),
+            "queue_ptr": jnp.zeros((), jnp.int32), "queue_rows": jnp.zeros((), jnp.int32)}
+
+
+def device_share(rows: Array, axis_name: str | None) -> Array:
+    """This device's equal share of `rows` [..., Q, d] along the rows (all of them without a
+    named axis), so the devices' shares together are every row once."""
+    if axis_name is None:
+        return rows
+    share = rows.shape[-2] // jax.lax.axis_size(axis_name)
+    return jax.lax.dynamic_slice_in_dim(rows, jax.lax.axis_index(axis_name) * share, share,
+                                        axis=rows.ndim - 2)
+
+
+def _queue_update(config: ml_collections.ConfigDict, extra: dict, step: Array,
+                  projections: Array, n: int, axis_name: str | None) -> dict:
+    """The queue with this global batch's unit projections of the two views written over its
+    oldest rows, once `loss.queue_start_steps` is reached."""
+    rows = jnp.stack([losses.gather(jax.lax.stop_gradient(projections[k * n:(k + 1) * n]),
+                                    axis_name) for k in (0, 1)]).astype(jnp.float32)
+    queue = jax.lax.dynamic_update_slice_in_dim(extra["queue"], rows, extra["queue_ptr"],
+                                                axis=1)
+    started = step >= config.loss.queue_start_steps
+    written = jnp.minimum(extra["queue_rows"] + rows.shape[1], queue.shape[1])
+    return {"queue": jnp.where(started, queue, extra["queue"]),
+            "queue_ptr": jnp.where(started, (extra["queue_ptr"] + rows.shape[1])
+                                   % queue.shape[1], extra["queue_ptr"]),
+            "queue_rows": jnp.where(started, written, extra["queue_rows"])}
+
+
 def prototype_scores(projections: Array, prototypes: Array, frozen: Array) -> Array:
     """Cosines of unit projections to the prototypes; no gradient reaches the prototypes
     while `frozen`."""
@@ -126,7 +172,8 @@ def prototype_scores(projections: Array, prototypes: Array, frozen: Array) -> Ar
 def loss_fn(model: SwAVModel, config: ml_collections.ConfigDict, params, state,
             batch: dict[str, Array], rng: Array, axis_name: str | None):
     """The swapped prediction of the two views' codes (by the small crops too, with
-    multi-crop), plus the online probe."""
+    multi-crop; from Sinkhorn-Knopp over the queue's rows too, once it is full), plus the
+    online probe; `extra` gets the queue with this global batch written in."""
     del rng
     n = batch["view1"].shape[0]
     images = jnp.concatenate([batch["view1"], batch["view2"]], axis=0)
@@ -140,15 +187,25 @@ def loss_fn(model: SwAVModel, config: ml_collections.ConfigDict, params, state,
     scores = prototype_scores(projections, prototypes, frozen)
     small_scores = [] if small_images is None else list(
         einops.rearrange(scores[2 * n:], "(v n) k -> v n k", n=n))
+    queue_scores, use_queue, extra = None, False, state.extra
+    if "queue" in state.extra:
+        queue = device_share(state.extra["queue"], axis_name)
+        queue_scores = tuple(prototype_scores(queue[k], jax.lax.stop_gradient(prototypes),
+                                              frozen) for k in (0, 1))
+        use_queue = state.extra["queue_rows"] == state.extra["queue"].shape[1]  # Full.
+        extra = _queue_update(config, state.extra, state.step, projections, n, axis_name)
     contrastive = losses.swav_loss(
         scores[:n], scores[n:2 * n], config.loss.temperature,
         epsilon=config.loss.sinkhorn_epsilon, iterations=config.loss.sinkhorn_iterations,
-        axis_name=axis_name, small_scores=small_scores)
+        axis_name=axis_name, small_scores=small_scores, queue_scores=queue_scores,
+        use_queue=use_queue)
     probe_loss, probe_metrics = simclr.probe_loss_and_metrics(
         probe_logits, jnp.concatenate([batch["label"], batch["label"]]))
     metrics = {**probe_metrics, "contrastive_loss": contrastive,
-               "prototypes_frozen": frozen.astype(jnp.float32)}
-    return contrastive + probe_loss, ({"batch_stats": updates["batch_stats"]}, metrics)
+               "prototypes_frozen": frozen.astype(jnp.float32),
+               "queue_used": jnp.asarray(use_queue, jnp.float32)}
+    changes = {"batch_stats": updates["batch_stats"], "extra": extra}
+    return contrastive + probe_loss, (changes, metrics)
 
 
 def after_update(config: ml_collections.ConfigDict, state):
