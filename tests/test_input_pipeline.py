@@ -130,8 +130,8 @@ def test_train_views_equal_per_example_two_views(tmp_path, monkeypatch):
 def test_small_crops_equal_per_example_views_and_leave_the_two_views_alone(tmp_path,
                                                                            monkeypatch):
     """SwAV's multi-crop: each example's V small views are `simclr_view`s of its
-    `small_crop_seeds`, at their own size and area; the two views are bit for bit those of a
-    run without small crops; a resumed run yields the same small views."""
+    `small_crop_seeds` (a function of seed, epoch and index, so resumes are exact), at their own
+    size and area; the two views are bit for bit those of a run without small crops."""
     monkeypatch.setattr(ip, "_CROP_CHUNK", 4)
     rng = np.random.default_rng(3)
     for k in range(6):
@@ -141,27 +141,24 @@ def test_small_crops_equal_per_example_views_and_leave_the_two_views_alone(tmp_p
         tf.io.write_file(str(path), tf.io.encode_png(image))
     plain = _config(f"folder:{tmp_path}", blur=True, color_strength=1.0, grayscale_prob=0.5)
     multi = _config(f"folder:{tmp_path}", blur=True, color_strength=1.0, grayscale_prob=0.5,
-                    small_crops=3, small_crop_size=8, small_crop_area_min=0.05,
+                    small_crops=2, small_crop_size=8, small_crop_area_min=0.05,
                     small_crop_area_max=0.3)
-    kwargs = dict(global_batch_size=6, seed=4, process_index=0, process_count=1)
-    batches = _take(ip.train_iterator(multi, **kwargs), 2)
-    assert batches[1]["small_views"].shape == (6, 3, 8, 8, 3)
-    for got, want in zip(batches, _take(ip.train_iterator(plain, **kwargs), 2)):
-        assert "small_views" not in want
-        for key in ("view1", "view2", "label"):
-            np.testing.assert_array_equal(got[key], want[key])
-    resumed = next(ip.train_iterator(multi, start_step=1, **kwargs))
-    np.testing.assert_array_equal(resumed["small_views"], batches[1]["small_views"])
+    kwargs = dict(global_batch_size=6, seed=4, start_step=1, process_index=0, process_count=1)
+    batch = next(ip.train_iterator(multi, **kwargs))
+    want = next(ip.train_iterator(plain, **kwargs))
+    assert batch["small_views"].shape == (6, 2, 8, 8, 3) and "small_views" not in want
+    for key in ("view1", "view2", "label"):
+        np.testing.assert_array_equal(batch[key], want[key])
     records = next(ip.crop_stage(multi, 4, ip.train_source(multi, 4, 6, 0, 1),
                                  chunk=6).as_numpy_iterator())
     split = data_sources.indexed_split(multi, "train")
     view_kwargs = {**ip._view_kwargs(multi), "image_size": 8, "crop_area_range": (0.05, 0.3)}
     for i, (epoch, index) in enumerate(zip(records["epoch"], records["index"])):
         image, _ = split.load(index)
-        seeds = augment.small_crop_seeds(4, epoch, index, 3)
-        for v in range(3):
-            want = augment.simclr_view(image, seeds[v], **view_kwargs).numpy()
-            np.testing.assert_allclose(batches[1]["small_views"][i, v], want, atol=1e-5)
+        seeds = augment.small_crop_seeds(4, epoch, index, 2)
+        for v in range(2):
+            expected = augment.simclr_view(image, seeds[v], **view_kwargs).numpy()
+            np.testing.assert_allclose(batch["small_views"][i, v], expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("grayscale_prob", [0.0, 1.0])

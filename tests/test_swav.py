@@ -196,6 +196,11 @@ def _loss_and_grads(config, state, axis_name, params, batch):
     return loss, grads, changes, metrics
 
 
+def _one_device_step(config, state, batch):
+    """`_loss_and_grads` on one device, compiled (op by op it takes seconds a call)."""
+    return jax.jit(lambda s, b: _loss_and_grads(config, s, None, s.params, b))(state, batch)
+
+
 @pytest.mark.parametrize("queue_length", [0, QUEUE])
 def test_multicrop_step_over_8_devices_equals_one_device(queue_length):
     """Loss, gradients, BatchNorm statistics and queue of a multi-crop step (2 views of 16 px,
@@ -235,12 +240,12 @@ def test_the_queue_gets_the_global_batch_and_waits_until_full():
     alone; before queue_start_steps nothing is written."""
     config = multicrop_config(**{"loss.queue_length": QUEUE})
     batch, state = _multicrop_batch_and_state(config, queue_rows=QUEUE)
-    loss_full, _, changes, _ = _loss_and_grads(config, state, None, state.params, batch)
+    loss_full, _, changes, _ = _one_device_step(config, state, batch)
     small = np.concatenate([batch["small_views"][:, v] for v in range(2)])  # (v n) rows.
-    (_, projections, _, _), _ = _swav_model(None).apply(
-        {"params": state.params, "batch_stats": state.batch_stats}, np.concatenate(
-            [batch["view1"], batch["view2"]]), train=True, small_images=small,
-        mutable=["batch_stats"])
+    (_, projections, _, _), _ = jax.jit(lambda variables, images, small: _swav_model(
+        None).apply(variables, images, train=True, small_images=small, mutable=["batch_stats"]))(
+        {"params": state.params, "batch_stats": state.batch_stats},
+        np.concatenate([batch["view1"], batch["view2"]]), small)
     queue = changes["extra"]["queue"]
     np.testing.assert_allclose(queue[0, 16:], projections[:16], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(queue[1, 16:], projections[16:32], rtol=1e-5, atol=1e-6)
@@ -248,16 +253,14 @@ def test_the_queue_gets_the_global_batch_and_waits_until_full():
     assert int(changes["extra"]["queue_ptr"]) == 0 and int(changes["extra"]["queue_rows"]) == 32
 
     filling = state.replace(extra={**state.extra, "queue_rows": jnp.asarray(16)})
-    loss_filling, _, changes, metrics = _loss_and_grads(config, filling, None, state.params,
-                                                        batch)
-    no_queue, _, _, _ = _loss_and_grads(multicrop_config(), state.replace(extra={}), None,
-                                        state.params, batch)
+    loss_filling, _, changes, metrics = _one_device_step(config, filling, batch)
+    no_queue, _, _, _ = _one_device_step(multicrop_config(), state.replace(extra={}), batch)
     assert float(loss_filling) == pytest.approx(float(no_queue), rel=1e-6)
     assert abs(float(loss_filling) - float(loss_full)) > 1e-4
     assert float(metrics["queue_used"]) == 0.0 and int(changes["extra"]["queue_rows"]) == 32
 
     waiting = multicrop_config(**{"loss.queue_length": QUEUE, "loss.queue_start_steps": 6})
-    _, _, changes, _ = _loss_and_grads(waiting, filling, None, state.params, batch)
+    _, _, changes, _ = _one_device_step(waiting, filling, batch)
     assert_trees_equal(changes["extra"], filling.extra)
 
 
