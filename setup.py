@@ -31,11 +31,14 @@ setup(
         "demo": ["mlxtend>=0.23"],
         "gpu": ["jax[cuda12]>=0.6.0"],  # NVIDIA GPUs: CUDA 12 wheels of jaxlib
         "tpu": ["jax[tpu]>=0.6.0"],  # Cloud TPU VMs: libtpu
+        # python -m contrastive_jax.aot: compiles for TPU slices on any x86-64 Linux host.
+        "aot": ["jax[tpu]>=0.6.0"],
         "plot": ["matplotlib>=3.7"],
         "repro": ["matplotlib>=3.7"],
         "export": ["safetensors>=0.4"],  # python -m contrastive_jax.export --format=torchvision
-        # torch + torchvision: the export test loads the weights into torchvision's ResNets.
+        # torch + torchvision: the export test loads the weights into torchvision's ResNets;
+        # libtpu (jax[tpu]): the aot tests compile for TPU slices.
         "test": ["pytest>=7.0", "pytest-xdist>=3.0", "mlxtend>=0.23", "matplotlib>=3.7",
-                 "safetensors>=0.4", "torch>=2.4", "torchvision>=0.19"],
+                 "safetensors>=0.4", "torch>=2.4", "torchvision>=0.19", "jax[tpu]>=0.6.0"],
     },
 )

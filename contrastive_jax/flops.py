@@ -1,51 +1,85 @@
-"""Analytic FLOPs of a training example, for model FLOPs utilisation (MFU).
+"""FLOPs of a program's matrix products, counted from its jaxpr: for MFU and roofline estimates.
 
-Counted as 2 FLOPs per multiply-add of the matrix products (the element-wise ops, softmax and
-normalisation are left out, as MFU conventionally does); a training step costs three forward
-passes (forward, and a backward twice as long). XLA's own cost analysis is not used: it misses
-cuDNN's convolutions on GPUs and counts rematerialised work twice.
+`jaxpr_flops(jax.make_jaxpr(step)(*args))` sums 2 x the multiply-adds of every `dot_general`
+and `conv_general_dilated` the program runs: the forward and backward passes as JAX wrote
+them, momentum encoders, the loss's logits. Element-wise work, softmax and normalisation are
+left out, as MFU conventionally does. It is exact for the shapes traced, for any model, and
+needs neither a device nor a compile. Sub-programs count as often as they run: a `scan` its
+length times, a `shard_map` body once per device of its mesh (so a shard_map step counts the
+whole global batch), a `cond` its costliest branch; a `while_loop` (unknown trip count) once.
+A backward convolution over a dilated input (the input gradient of a strided convolution)
+counts only the products with the input's non-zero entries. Rematerialised forward passes
+count again: this is the work the hardware does (trace with remat off for model FLOPs).
+XLA's own cost analysis is not used: it misses cuDNN's convolutions on GPUs.
 """
 
 from __future__ import annotations
 
-import ml_collections
+import math
+from typing import Any
 
-from contrastive_jax.models import vit
+import jax
 
-TRAIN_PASSES = 3  # Forward + backward (gradients with respect to activations and weights).
-
-
-def encoder_macs(tokens: int, width: int, depth: int, mlp_dim: int) -> int:
-    """Multiply-adds of a transformer encoder over `tokens` tokens: per block the four attention
-    projections, the scores and their weighted sum, and the MLP."""
-    projections = 4 * tokens * width * width
-    attention = 2 * tokens * tokens * width
-    mlp = 2 * tokens * width * mlp_dim
-    return depth * (projections + attention + mlp)
+Jaxpr = Any
 
 
-def vit_macs(variant: str, image_size: int, depth: int | None = None, pool: str = "cls") -> int:
-    """Multiply-adds of one image through a ViT: patch embedding and encoder."""
-    config = vit.parse_variant(variant)
-    patches = (image_size // config["patch_size"]) ** 2
-    tokens = patches + (pool == "cls")
-    embedding = patches * config["patch_size"] ** 2 * 3 * config["width"]
-    return embedding + encoder_macs(tokens, config["width"], depth or config["depth"],
-                                    config["mlp_dim"])
+def _dot_general_flops(eqn) -> float:
+    lhs = eqn.invars[0].aval
+    (lhs_contracting, _), _ = eqn.params["dimension_numbers"]
+    contracted = math.prod(lhs.shape[d] for d in lhs_contracting)
+    return 2.0 * math.prod(eqn.outvars[0].aval.shape) * contracted
 
 
-def image_text_train_flops(config: ml_collections.ConfigDict) -> float:
-    """Training FLOPs per image-text pair of a ViT config: both towers, their projections and
-    the pair logits against the global batch."""
-    model = config.model
-    if model.name != "vit":
-        raise ValueError(f"analytic FLOPs cover ViT image towers, got {model.name!r}")
-    image_width = vit.parse_variant(model.variant)["width"]
-    text_width = model.text_width
-    text_tokens = config.data.max_text_len
-    macs = (vit_macs(model.variant, config.data.image_size, model.depth, model.pool)
-            + encoder_macs(text_tokens, text_width, model.text_depth,
-                           model.text_mlp_dim or 4 * text_width)
-            + (image_width + text_width) * model.embed_dim
-            + config.batch_size * model.embed_dim)
-    return 2.0 * TRAIN_PASSES * macs
+def _conv_flops(eqn) -> float:
+    """2 x output elements x (kernel window x input features per group), over the share of the
+    window that meets non-zero input when the input is dilated."""
+    rhs = eqn.invars[1].aval
+    rhs_spec = eqn.params["dimension_numbers"].rhs_spec  # (out features, in features, spatial)
+    window = math.prod(rhs.shape[d] for d in rhs_spec[2:])
+    macs = math.prod(eqn.outvars[0].aval.shape) * window * rhs.shape[rhs_spec[1]]
+    return 2.0 * macs / math.prod(eqn.params.get("lhs_dilation") or (1,))
+
+
+def _sub_jaxprs(value) -> list:
+    if isinstance(value, jax.extend.core.ClosedJaxpr):
+        return [value.jaxpr]
+    if isinstance(value, jax.extend.core.Jaxpr):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [j for item in value for j in _sub_jaxprs(item)]
+    return []
+
+
+def _mesh_size(eqn) -> int:
+    mesh = eqn.params["mesh"]
+    return math.prod(dict(mesh.shape).values())
+
+
+def jaxpr_flops(jaxpr: Jaxpr) -> float:
+    """The FLOPs of the matrix products of a (closed) jaxpr, sub-programs included."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "dot_general":
+            total += _dot_general_flops(eqn)
+        elif name == "conv_general_dilated":
+            total += _conv_flops(eqn)
+        elif name == "cond":
+            total += max(jaxpr_flops(branch) for branch in eqn.params["branches"])
+        else:
+            inner = sum(jaxpr_flops(sub) for value in eqn.params.values()
+                        for sub in _sub_jaxprs(value))
+            if name == "scan":
+                inner *= eqn.params["length"]
+            elif name == "shard_map":
+                inner *= _mesh_size(eqn)
+            elif name == "xla_pmap":
+                inner *= eqn.params["axis_size"]
+            total += inner
+    return total
+
+
+def step_flops(fn, *args) -> float:
+    """`jaxpr_flops` of `fn` traced at `args` (arrays or `jax.ShapeDtypeStruct`s)."""
+    return jaxpr_flops(jax.make_jaxpr(fn)(*args))

@@ -80,13 +80,14 @@ def bytes_per_device(state: PyTree) -> int:
                for shard in leaf.addressable_shards if shard.device == device)
 
 
-def validate(config: ml_collections.ConfigDict, method) -> None:
-    """Refuses fsdp for a method whose loss is not split at the embeddings."""
+def validate(config: ml_collections.ConfigDict, method, num_devices: int | None = None) -> None:
+    """Refuses fsdp for a method whose loss is not split at the embeddings, or an fsdp_size
+    that does not divide `num_devices` (default: every device)."""
     if config.parallel == "fsdp" and not hasattr(method, "loss_parts"):
         raise ValueError(f"config.parallel='fsdp' needs a loss over embeddings; method "
                          f"{config.method!r} has none (SimCLR, SupCon, SimSiam, CLIP and "
                          "SigLIP do)")
-    num_devices = jax.device_count()
+    num_devices = num_devices or jax.device_count()
     size = config.get("fsdp_size", 0)
     if config.parallel == "fsdp" and (size < 0 or (size and num_devices % size)):
         raise ValueError(f"config.fsdp_size={size} does not divide the {num_devices} devices")

@@ -14,9 +14,11 @@ import shutil
 import signal
 import tempfile
 import time
-from typing import Any, Callable, Iterator
+from types import ModuleType
+from typing import Any, Callable, Iterator, NamedTuple
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -105,8 +107,10 @@ def check_workdir(workdir: str) -> None:
             raise ValueError(f"cannot write to {path}: {error.strerror or error}") from error
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Refuses configs that cannot run, with a message naming the field."""
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+    """Refuses configs that cannot run on `num_devices` (default: every device), with a
+    message naming the field."""
+    num_devices = num_devices or jax.device_count()
     check_fields(config)
     if config.parallel not in PARALLEL:
         raise ValueError(f"config.parallel must be one of {PARALLEL}, got {config.parallel!r}")
@@ -116,7 +120,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.total_steps must be > 0, got {config.total_steps}")
     if config.get("profile_steps", 0) < 0:
         raise ValueError(f"config.profile_steps must be >= 0, got {config.profile_steps}")
-    parallel.per_device_batch_size(config.batch_size)
+    parallel.per_device_batch_size(config.batch_size, num_devices)
     method = methods.get(config.method)
     if config.data.augment_on not in AUGMENT_ON:
         raise ValueError(f"config.data.augment_on must be one of {AUGMENT_ON}, got "
@@ -126,8 +130,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
                          f"method {config.method!r} reads image-text pairs: use 'host'")
     if hasattr(method, "validate"):
         method.validate(config)
-    grad_cache.validate(config, method, jax.device_count())
-    fsdp.validate(config, method)
+    grad_cache.validate(config, method, num_devices)
+    fsdp.validate(config, method, num_devices)
 
 
 def create_train_state(method, model, config: ml_collections.ConfigDict,
@@ -211,7 +215,7 @@ def make_step(method, model, config: ml_collections.ConfigDict,
     """(the state's shardings, the wrapped step) for `config.parallel`: the per-device step
     under pmap or shard_map with the state replicated, or fsdp.make_step with it split."""
     if config.parallel == "fsdp":
-        fsdp_mesh = fsdp.make_mesh(config.get("fsdp_size", 0))
+        fsdp_mesh = fsdp.make_mesh(config.get("fsdp_size", 0), list(mesh.devices.flat))
         shardings = fsdp.state_shardings(state_shapes, fsdp_mesh)
         return shardings, fsdp.make_step(method, model, config, tx, schedule, fsdp_mesh,
                                          shardings)
@@ -219,6 +223,34 @@ def make_step(method, model, config: ml_collections.ConfigDict,
     return (jax.tree.map(lambda _: replicated, state_shapes),
             parallel.wrap_step(make_train_step(method, model, config, tx, schedule),
                                config.parallel, mesh))
+
+
+class Program(NamedTuple):
+    """What a run compiles, made from the config alone: no data read, no parameters made."""
+
+    method: ModuleType
+    model: nn.Module
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    init_state: Callable[[], TrainState]  # The fresh state of `config.seed`.
+    state_shapes: Any  # `jax.ShapeDtypeStruct`s of the TrainState.
+    state_shardings: Any
+    step: Callable  # The wrapped `(state, batch, rng) -> (state, metrics)`.
+
+
+def build_program(config: ml_collections.ConfigDict, num_classes: int, mesh) -> Program:
+    """The model, optimizer, state layout and wrapped step of `config` on `mesh`'s devices,
+    as the Trainer runs them and `aot` compiles them for a TPU slice."""
+    method = methods.get(config.method)
+    model = method.build_model(config, num_classes, model_axis(config))
+    tx, schedule = make_optimizer(method, config)
+
+    def init_state() -> TrainState:
+        return create_train_state(method, model, config, tx, jax.random.PRNGKey(config.seed))
+
+    state_shapes = jax.eval_shape(init_state)
+    shardings, step = make_step(method, model, config, tx, schedule, state_shapes, mesh)
+    return Program(method, model, tx, schedule, init_state, state_shapes, shardings, step)
 
 
 def place_state(host_state, shardings, config: ml_collections.ConfigDict, mesh):
@@ -334,13 +366,11 @@ class Trainer:
         self.is_fsdp = config.parallel == "fsdp"
         self.kind = layout_kind(config)
         self.mesh = parallel.make_mesh()
-        self.method = methods.get(config.method)
-        self.model = self.method.build_model(config, self.info.num_classes,
-                                             model_axis(config))
-        self.tx, self.schedule = make_optimizer(self.method, config)
-        self.state_shardings, self.train_step = make_step(
-            self.method, self.model, config, self.tx, self.schedule,
-            jax.eval_shape(self._fresh_state), self.mesh)
+        program = build_program(config, self.info.num_classes, self.mesh)
+        self.method, self.model, self.tx, self.schedule = (
+            program.method, program.model, program.tx, program.schedule)
+        self.state_shardings, self.train_step = program.state_shardings, program.step
+        self._fresh_state, self.state_shapes = program.init_state, program.state_shapes
         self.is_image_text = getattr(self.method, "IMAGE_TEXT", False)
         # Built (and their data looked up) now if the run evaluates, else at the first call
         # of `evaluate`; the names are checked either way.
@@ -380,7 +410,7 @@ class Trainer:
                                       self.mesh)
         abstract = jax.tree.map(
             lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-            jax.eval_shape(self._fresh_state), self.state_shardings)
+            self.state_shapes, self.state_shardings)
         failures: dict[int, str] = {}
         for step in steps:
             try:
@@ -400,10 +430,6 @@ class Trainer:
         if self.kind == "shard_map":
             return restored
         return parallel.replicate(parallel.unreplicate(restored, "shard_map"), "pmap", self.mesh)
-
-    def _fresh_state(self) -> TrainState:
-        return create_train_state(self.method, self.model, self.config, self.tx,
-                                  jax.random.PRNGKey(self.config.seed))
 
     def _set_aside(self, failures: dict[int, str]) -> None:
         """Moves the checkpoints of these steps out of DIR/checkpoints (process 0), warning."""
@@ -489,7 +515,7 @@ class Trainer:
         shapes and sizes in the log (clu's parameter overview; from shapes, so any layout)."""
         writer.write_hparams(self.config.to_dict())
         parameter_overview.log_parameter_overview(
-            jax.eval_shape(self._fresh_state).params, include_stats=False,
+            self.state_shapes.params, include_stats=False,
             msg=f"Parameters of {self.config.method}:", jax_logging_process=0)
 
     def _periodic_actions(self, writer: MetricWriter, start: int):

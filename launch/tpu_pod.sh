@@ -9,6 +9,11 @@
 #
 # Rerunning the same command resumes from the newest checkpoint; a preempted slice (SIGTERM)
 # saves a checkpoint first. Set CREATE=0 to reuse an existing slice.
+#
+# Before it creates a slice, the config's train step is compiled here for ACCELERATOR
+# (python -m contrastive_jax.aot, needs '.[aot]'; seconds to minutes): a run that cannot fit the
+# slice's HBM stops here, with the changes that would fit, and costs no slice. FIT_CHECK=0
+# skips the check.
 set -euo pipefail
 if [[ $# -lt 2 ]]; then
   echo "usage: TPU_NAME=... ZONE=... ACCELERATOR=... $0 CONFIG[:ARG] gs://WORKDIR [--config.key=value ...]" >&2
@@ -17,8 +22,17 @@ fi
 config=$1 workdir=$2
 shift 2
 : "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}" "${ACCELERATOR:=v4-32}"
-: "${RUNTIME_VERSION:=tpu-ubuntu2204-base}" "${CREATE:=1}"
+: "${RUNTIME_VERSION:=tpu-ubuntu2204-base}" "${CREATE:=1}" "${FIT_CHECK:=1}"
 repo=$(cd "$(dirname "$0")/.." && pwd)
+
+if [[ "$FIT_CHECK" == 1 ]]; then
+  report=$(cd "$repo" && JAX_PLATFORMS=cpu python -m contrastive_jax.aot --config="$config" \
+    --topology="$ACCELERATOR" "$@" | tee /dev/stderr | tail -n 1)
+  if [[ $(python -c 'import json, sys; print(json.loads(sys.argv[1])["fits"])' "$report") != True ]]; then
+    echo "error: $config does not fit $ACCELERATOR (see above); not creating a slice (FIT_CHECK=0 skips this check)" >&2
+    exit 1
+  fi
+fi
 
 if [[ "$CREATE" == 1 ]]; then
   gcloud compute tpus tpu-vm create "$TPU_NAME" --zone="$ZONE" \

@@ -9,9 +9,10 @@ random batches of the method's shapes (`batch_shapes`), or, with `--config.data.
 on views drawn on the devices every step from a resident split (the step plus its augmentation).
 Prints one JSON line per case with seconds per step, examples per second (an example = one
 image with its two views, or one image-text pair) and the training state's bytes on one device
-(`--config.parallel=fsdp` splits it over the devices). For ViT image-text configs it adds the
-analytic training FLOPs per pair (`flops.py`) and the model FLOP/s; with `--peak_tflops` (the
-device's dense peak in the config's dtype, e.g. 989 for an H100's bfloat16) also the MFU.
+(`--config.parallel=fsdp` splits it over the devices), the FLOPs of the step's matrix products
+per example (`flops.py`, counted from the step's jaxpr with remat off: model FLOPs) and the
+model FLOP/s per device; with `--peak_tflops` (the device's dense peak in the config's dtype,
+e.g. 989 for an H100's bfloat16) also the MFU.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from contrastive_jax import device_input, flops, fsdp, methods, parallel, train
+from contrastive_jax import compile_report, device_input, flops, fsdp, methods, parallel, train
 
 config_flags.DEFINE_config_file("config", "configs/demo.py", "Config whose model is timed.")
 flags.DEFINE_integer("steps", 5, "Timed steps per case.")
@@ -68,14 +69,12 @@ def time_step(config, steps: int) -> dict:
     """Seconds per step of the config's method's train step on random device-resident
     batches."""
     mesh, kind = parallel.make_mesh(), train.layout_kind(config)
-    method = methods.get(config.method)
-    model = method.build_model(config, 10, train.model_axis(config))
     config = config.copy_and_resolve_references()
     config.total_steps = steps + 1  # The schedule of this many steps, as before.
-    tx, schedule = train.make_optimizer(method, config)  # With the method's frozen parameters.
-    host_state = jax.device_get(jax.jit(lambda: train.create_train_state(
-        method, model, config, tx, jax.random.PRNGKey(0)))())
-    shardings, step = train.make_step(method, model, config, tx, schedule, host_state, mesh)
+    config.seed = 0
+    program = train.build_program(config, 10, mesh)  # As training builds it.
+    host_state = jax.device_get(jax.jit(program.init_state)())
+    step, shardings = program.step, program.state_shardings
     state = train.place_state(host_state, shardings, config, mesh)
     state_bytes = fsdp.bytes_per_device(state) if kind == "shard_map" else sum(
         np.asarray(x).nbytes for x in jax.tree.leaves(host_state))
@@ -91,14 +90,27 @@ def time_step(config, steps: int) -> dict:
     row = {"seconds_per_step": round(seconds, 4),
            "examples_per_sec": round(config.batch_size / seconds, 1),
            "state_mb_per_device": round(state_bytes / 2**20, 2)}
-    if getattr(method, "IMAGE_TEXT", False) and config.model.name == "vit":
-        per_example = flops.image_text_train_flops(config)
+    if config.data.augment_on != "device":  # The step alone, without the augmentation.
+        per_example = model_flops_per_step(config, mesh) / config.batch_size
         per_device = per_example * config.batch_size / seconds / jax.device_count()
         row["train_gflops_per_example"] = round(per_example / 1e9, 2)
         row["model_tflops_per_sec_per_device"] = round(per_device / 1e12, 3)
         if FLAGS.peak_tflops > 0:
             row["mfu"] = round(per_device / (FLAGS.peak_tflops * 1e12), 4)
     return row
+
+
+def model_flops_per_step(config, mesh) -> float:
+    """FLOPs of the step's matrix products over the global batch, from its jaxpr, with the
+    transformer blocks' remat off (model FLOPs: recomputation is not counted)."""
+    config = config.copy_and_resolve_references()
+    if "remat_policy" in config.model:
+        config.model.remat_policy = "none"
+    if config.parallel == "pmap":  # The same per-device step, on global shapes.
+        config.parallel = "shard_map"
+    program = train.build_program(config, 10, mesh)
+    return flops.step_flops(program.step,
+                            *compile_report.abstract_arguments(program, config, mesh))
 
 
 def main(argv) -> None:
