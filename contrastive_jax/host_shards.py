@@ -4,12 +4,11 @@ Hosts agree on a fixed permutation of a split's indices and take even parts of i
 (`train_shard`); in epoch e a host visits its part in an order fixed by (seed, e)
 (`epoch_order`), so the example at any absolute position can be found again without reading
 the ones before it, which is what makes resuming exact. Evaluation gives each host a contiguous
-share padded to whole batches (`eval_layout`).
+share padded to whole batches (`numpy_data.eval_layout`, with the hosts' batch sizes: the
+arithmetic the path without TensorFlow shares).
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import tensorflow as tf
@@ -64,34 +63,3 @@ def positions_to_indices(shard: np.ndarray, seed: int, positions: range) -> list
             cache[epoch] = epoch_order(len(shard), seed, epoch).numpy()
         out.append(int(shard[cache[epoch][k]]))
     return out
-
-
-
-def resolve_process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
-    """(process_index, process_count), asking jax for the ones given as None."""
-    if process_index is None or process_count is None:
-        import jax  # Only to ask which host this is.
-
-        process_index = jax.process_index() if process_index is None else process_index
-        process_count = jax.process_count() if process_count is None else process_count
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-    return int(process_index), int(process_count)
-
-
-def host_batch_size(global_batch_size: int, process_count: int) -> int:
-    """global_batch_size // process_count; ValueError if it does not divide or is empty."""
-    if global_batch_size <= 0 or global_batch_size % process_count:
-        raise ValueError(f"global batch size {global_batch_size} does not divide evenly over "
-                         f"{process_count} processes")
-    return global_batch_size // process_count
-
-
-def eval_layout(num_examples: int, process_index: int, process_count: int, n: int):
-    """(first index, count, padded count) of this host's contiguous share of an eval split."""
-    bounds = [num_examples * p // process_count for p in range(process_count + 1)]
-    first, count = bounds[process_index], bounds[process_index + 1] - bounds[process_index]
-    most = math.ceil(num_examples / process_count)
-    return first, count, max(1, math.ceil(most / n)) * n
-
-

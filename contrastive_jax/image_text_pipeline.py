@@ -22,7 +22,7 @@ from typing import Callable, Iterator, NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from contrastive_jax import augment, data_sources, host_shards, input_pipeline, zeroshot
+from contrastive_jax import augment, data_sources, input_pipeline, numpy_data, zeroshot
 from contrastive_jax.data_sources import DataError
 from contrastive_jax.tokenizer import Tokenizer, get_tokenizer
 
@@ -169,8 +169,8 @@ def train_iterator(data_config, *, global_batch_size: int, seed: int, start_step
     (data.crop_area_min, 1), random flip). With start_step=k the first batch is the one an
     uninterrupted run yields at step k.
     """
-    process_index, process_count = host_shards.resolve_process(process_index, process_count)
-    n = host_shards.host_batch_size(global_batch_size, process_count)
+    process_index, process_count = numpy_data.resolve_process(process_index, process_count)
+    n = numpy_data.host_batch_size(global_batch_size, process_count)
     if start_step < 0:
         raise ValueError(f"start_step must be >= 0, got {start_step}")
     start = start_step * n  # Examples this host has consumed before start_step.
@@ -198,8 +198,8 @@ def eval_iterator(data_config, split: str, *, global_batch_size: int, captions_p
     Sources captioned with class names raise DataError: zero-shot classification uses
     input_pipeline.eval_iterator with prompts of zeroshot.EVAL_TEMPLATES instead.
     """
-    process_index, process_count = host_shards.resolve_process(process_index, process_count)
-    n = host_shards.host_batch_size(global_batch_size, process_count)
+    process_index, process_count = numpy_data.resolve_process(process_index, process_count)
+    n = numpy_data.host_batch_size(global_batch_size, process_count)
     if captions_per_image < 1:
         raise ValueError(f"captions_per_image must be >= 1, got {captions_per_image}")
     if not has_captions(data_config):

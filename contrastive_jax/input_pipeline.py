@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator, NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from contrastive_jax import augment, host_shards
+from contrastive_jax import augment, host_shards, numpy_data
 from contrastive_jax.data_sources import (DataError, IndexedSplit, decode_image, indexed_split,
                                           parse_source, tfds_builder, tfds_host_split,
                                           tfds_num_examples, tfds_records)
@@ -256,8 +256,8 @@ def _train_batches(data_config, finish: Callable[[dict], dict], *, global_batch_
                    seed: int, start_step: int, process_index: int | None,
                    process_count: int | None) -> Iterator[dict[str, np.ndarray]]:
     """This host's batches of `crop_stage` examples, each passed through `finish`."""
-    process_index, process_count = host_shards.resolve_process(process_index, process_count)
-    n = host_shards.host_batch_size(global_batch_size, process_count)
+    process_index, process_count = numpy_data.resolve_process(process_index, process_count)
+    n = numpy_data.host_batch_size(global_batch_size, process_count)
     if start_step < 0:
         raise ValueError(f"start_step must be >= 0, got {start_step}")
     start = start_step * n  # Examples this host has consumed before start_step.
@@ -325,7 +325,7 @@ def tfds_eval_source(data_config, split: str, n: int, process_index: int, proces
     builder = tfds_builder(data_config)
     size = int(data_config.image_size)
     host_split, _, count = tfds_host_split(builder, split, process_index, process_count)
-    padded = host_shards.eval_layout(tfds_num_examples(builder, split), process_index,
+    padded = numpy_data.eval_layout(tfds_num_examples(builder, split), process_index,
                                      process_count, n)[2]
     real = tfds_records(builder, host_split, data_config, fields).map(
         lambda i, image, *rest: (decode_image(image), *rest, True),
@@ -343,8 +343,8 @@ def eval_iterator(data_config, split: str, *, global_batch_size: int,
     Yields {"image": float32 [n, S, S, 3] in [0, 1], "label": int32 [n], "mask": bool [n]}; the
     last batch is padded (mask False, zero image, label 0) so every host yields as many batches.
     """
-    process_index, process_count = host_shards.resolve_process(process_index, process_count)
-    n = host_shards.host_batch_size(global_batch_size, process_count)
+    process_index, process_count = numpy_data.resolve_process(process_index, process_count)
+    n = numpy_data.host_batch_size(global_batch_size, process_count)
     size = int(data_config.image_size)
     crop_fraction = float(data_config.get("eval_crop_fraction", 1.0))
     kind, _ = parse_source(data_config.source)
@@ -353,7 +353,7 @@ def eval_iterator(data_config, split: str, *, global_batch_size: int,
         indexed = None
     else:
         indexed = indexed_split(data_config, split)
-        first, count, padded = host_shards.eval_layout(indexed.num_examples, process_index,
+        first, count, padded = numpy_data.eval_layout(indexed.num_examples, process_index,
                                                        process_count, n)
         last = indexed.num_examples - 1
 

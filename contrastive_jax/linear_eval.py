@@ -181,10 +181,10 @@ def train_batches(data_config: ml_collections.ConfigDict, *, global_batch_size: 
     """
     import tensorflow as tf
 
-    from contrastive_jax import augment, host_shards, input_pipeline
+    from contrastive_jax import augment, input_pipeline, numpy_data
 
-    process_index, process_count = host_shards.resolve_process(process_index, process_count)
-    n = host_shards.host_batch_size(global_batch_size, process_count)
+    process_index, process_count = numpy_data.resolve_process(process_index, process_count)
+    n = numpy_data.host_batch_size(global_batch_size, process_count)
     source = input_pipeline.train_source(data_config, seed, 0, process_index, process_count)
     image_size = int(data_config.image_size)
 

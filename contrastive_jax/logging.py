@@ -7,13 +7,18 @@ so every host's log shows the run. `metrics.jsonl` holds one JSON object per log
 as `knn_top1`), appended so that a resumed run continues the same file. A resumed run first
 drops the rows of the steps it will run again (those after the restored checkpoint) and a
 partial last line left by a crash, so the file never holds a step twice.
+
+Where clu's writers cannot be imported (they need TensorFlow, which GPU images often lack),
+`metrics.jsonl` and the log lines are written all the same, without TensorBoard events
+(`LogOnlyWriter`), and the loop's progress report is `NoProgressReport`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from typing import Any, Mapping
+from typing import Any, ContextManager, Mapping
 
 import jax
 import numpy as np
@@ -78,9 +83,16 @@ class MetricWriter:
         if primary:
             os.makedirs(workdir, exist_ok=True)
             _keep_rows_up_to(self._path, start_step)
-        from clu import metric_writers  # TensorFlow: imported by runs that write, not plots.
-        self.clu_writer = metric_writers.create_default_writer(
-            workdir if primary else None, just_logging=not primary, asynchronous=False)
+        try:  # TensorFlow: imported by runs that write, not plots.
+            from clu import metric_writers
+        except ImportError as error:
+            if primary:
+                logging.warning("no TensorBoard events (%s); metrics go to metrics.jsonl and "
+                                "the log", error)
+            self.clu_writer = LogOnlyWriter()
+        else:
+            self.clu_writer = metric_writers.create_default_writer(
+                workdir if primary else None, just_logging=not primary, asynchronous=False)
 
     def write(self, step: int, metrics: Mapping[str, object]) -> None:
         row = {"step": int(step), **{k: _to_python(v) for k, v in metrics.items()}}
@@ -103,6 +115,34 @@ class MetricWriter:
 
     def close(self) -> None:
         self.clu_writer.close()
+
+
+class LogOnlyWriter:
+    """The part of clu's MetricWriter interface the loop uses, writing to the log only."""
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        logging.info("[%d] %s", step, ", ".join(f"{k}={v:.6g}" for k, v in scalars.items()))
+
+    def write_hparams(self, hparams_: Mapping[str, Any]) -> None:
+        logging.info("hparams: %s", ", ".join(f"{k}={v}" for k, v in hparams_.items()))
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class NoProgressReport:
+    """Stands in for clu's ReportProgress where clu's periodic actions cannot be imported: the
+    loop's own progress lines (with ETA) still appear."""
+
+    def __call__(self, step: int) -> None:
+        del step
+
+    def timed(self, name: str) -> ContextManager[None]:
+        del name
+        return contextlib.nullcontext()
 
 
 def _parse_rows(path: str) -> list[dict]:

@@ -149,8 +149,10 @@ def main(argv) -> None:
         train.check_workdir(FLAGS.workdir)
     except ValueError as error:
         fail(error)
-    import tensorflow as tf
-    tf.config.set_visible_devices([], "GPU")  # tf.data only; the accelerators belong to JAX.
+    from contrastive_jax import numpy_data
+    if numpy_data.tensorflow_available():  # Absent on many GPU images: the device path runs.
+        import tensorflow as tf
+        tf.config.set_visible_devices([], "GPU")  # tf.data only; the accelerators are JAX's.
     # Orbax reports every save step by step at INFO; keep the progress lines readable.
     logging.get_absl_handler().addFilter(
         lambda record: record.levelno >= logging.WARNING or "orbax" not in record.pathname)

@@ -30,7 +30,7 @@ from clu import parameter_overview
 from jax.sharding import NamedSharding, PartitionSpec
 
 from contrastive_jax import evaluators, fsdp, grad_cache, methods, optim, parallel
-from contrastive_jax.logging import MetricWriter
+from contrastive_jax.logging import MetricWriter, NoProgressReport
 
 # The data modules and clu's writers (TensorFlow) are imported where data is read and metrics are
 # written, not at module level, so the state and the step run where TensorFlow is absent:
@@ -82,6 +82,16 @@ def resolve_steps(config: ml_collections.ConfigDict, num_train_examples: int
 # Config fields that must be >= 1: a 0 would divide by zero in the loop, draw no pixels, or
 # (keep_checkpoints) make Orbax delete every checkpoint it writes.
 POSITIVE_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints", "data.image_size")
+
+
+def dataset_info(data_config: ml_collections.ConfigDict):
+    """The training split's size and classes: from data_sources (tf.data), or where TensorFlow
+    is absent from numpy_data (folder and synthetic sources)."""
+    from contrastive_jax import numpy_data
+    if not numpy_data.tensorflow_available():
+        return numpy_data.dataset_info(data_config)
+    from contrastive_jax import data_sources
+    return data_sources.dataset_info(data_config)
 
 
 def check_fields(config: ml_collections.ConfigDict) -> None:
@@ -354,8 +364,7 @@ class Trainer:
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str):
         check_fields(config)
-        from contrastive_jax import data_sources
-        self.info = data_sources.dataset_info(config.data)
+        self.info = dataset_info(config.data)
         self.config = config = resolve_steps(config, self.info.num_train_examples)
         validate(config)
         check_workdir(workdir)
@@ -521,10 +530,17 @@ class Trainer:
     def _periodic_actions(self, writer: MetricWriter, start: int):
         """clu's progress report (steps/s, ETA, the share of time in evaluation), and with
         `profile_steps` > 0 its profiler for that many steps after this run's first (compiling)
-        step, into the workdir (else None)."""
-        from contrastive_jax import hooks
-        report = hooks.report_progress(self.config.total_steps, writer.clu_writer)
+        step, into the workdir (else None). Neither where clu's periodic actions cannot be
+        imported (without TensorFlow): `profile_steps` is then refused."""
         steps = self.config.get("profile_steps", 0)
+        try:
+            from contrastive_jax import hooks
+        except ImportError as error:
+            if steps > 0:
+                raise ValueError(f"config.profile_steps={steps} needs clu's profiler, which "
+                                 f"cannot be imported here ({error})") from error
+            return NoProgressReport(), None
+        report = hooks.report_progress(self.config.total_steps, writer.clu_writer)
         return report, hooks.Profile(self.workdir, steps, start + 1) if steps > 0 else None
 
     def run(self) -> dict[str, float]:

@@ -56,10 +56,20 @@ class SplitFeatures:
         cache = _ROUND.get()
         if cache is not None and split in cache:
             return cache[split]
-        from contrastive_jax import input_pipeline
-        batches = input_pipeline.eval_iterator(self._data, split,
-                                               global_batch_size=self._batch_size)
+        from contrastive_jax import numpy_data
+        if numpy_data.tensorflow_available():
+            from contrastive_jax import input_pipeline
+            batches = input_pipeline.eval_iterator(self._data, split,
+                                                   global_batch_size=self._batch_size)
+        else:
+            batches = numpy_data.eval_batches(self._data, split,
+                                              global_batch_size=self._batch_size)
         out = evaluate.extract(self._extractor, variables, batches, self._kind, self._mesh)
+        if not np.all(np.isfinite(out["features"])):
+            raise FloatingPointError(
+                f"the encoder's features of split {split!r} are not all finite "
+                f"({int(np.sum(~np.isfinite(out['features'])))} of {out['features'].size}); "
+                "the kNN and linear evaluations would be meaningless")
         features = out["features"], out["label"]
         if cache is not None:
             cache[split] = features
