@@ -1,10 +1,13 @@
 """Peak temporary memory of SigLIP's loss + gradient: all_gather vs ring, per device.
 
     python -m contrastive_jax.bench.loss_memory [--devices=8] [--dim=64] [--sizes=128,256,512,1024]
+    JAX_PLATFORMS=cpu python -m contrastive_jax.bench.loss_memory --topology=v5e:4x4 \
+        --dim=768 --sizes=2048 --dtype=bfloat16     # a TPU slice's chips, compiled here ('.[aot]')
 
 Compiles value_and_grad of `siglip_loss` (with respect to everything, and to the embeddings
 alone) under jit + shard_map over D devices (simulated CPU
-devices unless a real platform is selected) and reads XLA's buffer assignment through
+devices unless a real platform or a TPU slice (`--topology`, libtpu) is selected) and reads
+XLA's buffer assignment through
 `compiled.memory_analysis()`: `temp_size_in_bytes` is the scratch one device's program needs
 beyond its arguments and outputs. Prints one JSON line per (impl, n). Nothing is executed, so
 the figures are exact for the compiled program, not sampled.
@@ -19,7 +22,9 @@ import sys
 def _set_device_count_from_argv() -> None:
     """XLA reads the simulated device count at start-up, so set it before jax is imported."""
     devices = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--devices=")), "8")
-    if "--platform=cpu" in sys.argv or not any(a.startswith("--platform=") for a in sys.argv):
+    if any(a.startswith("--topology=") for a in sys.argv):
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    elif "--platform=cpu" in sys.argv or not any(a.startswith("--platform=") for a in sys.argv):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                    + f" --xla_force_host_platform_device_count={devices}")
 
@@ -31,7 +36,7 @@ import json  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from contrastive_jax import losses, parallel  # noqa: E402
 
@@ -40,6 +45,8 @@ flags.DEFINE_integer("dim", 64, "Embedding width d.")
 flags.DEFINE_list("sizes", ["128", "256", "512", "1024"], "Per-device batch sizes n.")
 flags.DEFINE_string("platform", "cpu", "jax platform to compile for (cpu, gpu, tpu).")
 flags.DEFINE_string("dtype", "float32", "Embedding dtype.")
+flags.DEFINE_string("topology", None, "A TPU slice (v5e:4x4 ...) to compile for, instead of "
+                    "--platform's devices.")
 FLAGS = flags.FLAGS
 
 
@@ -63,14 +70,19 @@ def compiled_loss_and_grad(impl: str, per_device: int, dim: int, mesh, dtype,
                        in_specs=(P(parallel.AXIS), P(parallel.AXIS), P(), P()),
                        out_specs=(P(), grad_specs))
     num_devices = mesh.devices.size
-    embeddings = jax.ShapeDtypeStruct((num_devices * per_device, dim), dtype)
-    scalar = jax.ShapeDtypeStruct((), jnp.float32)
+    embeddings = jax.ShapeDtypeStruct((num_devices * per_device, dim), dtype,
+                                      sharding=NamedSharding(mesh, P(parallel.AXIS)))
+    scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=NamedSharding(mesh, P()))
     return fn.lower(embeddings, embeddings, scalar, scalar).compile()
 
 
 def main(argv) -> None:
     del argv
-    devices = jax.devices(FLAGS.platform)[:FLAGS.devices]
+    if FLAGS.topology:
+        from contrastive_jax import tpu_topology
+        devices = tpu_topology.slice_devices(tpu_topology.parse_slice(FLAGS.topology))
+    else:
+        devices = jax.devices(FLAGS.platform)[:FLAGS.devices]
     mesh = parallel.make_mesh(devices)
     dtype = jnp.dtype(FLAGS.dtype)
     for n in map(int, FLAGS.sizes):
