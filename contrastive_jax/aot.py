@@ -57,26 +57,29 @@ def parse_flags(argv: Sequence[str]) -> flags.FlagValues:
     return values
 
 
+def _size(num_bytes: float) -> str:
+    return (f"{num_bytes / 2**30:.2f} GiB" if num_bytes >= 2**30 / 10
+            else f"{num_bytes / 2**20:.1f} MiB")
+
+
 def _table(report: dict[str, Any]) -> str:
-    from contrastive_jax.compile_report import gib
     lines = [
         f"slice       {report['topology']}: {report['chips']} chips, "
         f"{report['examples_per_chip']} examples per chip ({report['method']}, "
         f"{report['parallel']}, {report['dtype']}, grad_cache_chunks "
         f"{report['grad_cache_chunks']}, remat {report['remat_policy']})",
-        f"per chip    {gib(report['per_chip_bytes'])} GiB = arguments "
-        f"{gib(report['argument_bytes'])} + outputs {gib(report['output_bytes'])} + "
-        f"temporaries {gib(report['temp_bytes'])} + code {gib(report['code_bytes'])}, of "
-        f"{gib(report['hbm_bytes'])} GiB HBM: {'fits' if report['fits'] else 'DOES NOT FIT'}",
+        f"per chip    {_size(report['per_chip_bytes'])} = arguments "
+        f"{_size(report['argument_bytes'])} + outputs {_size(report['output_bytes'])} + "
+        f"temporaries {_size(report['temp_bytes'])} + code {_size(report['code_bytes'])}, of "
+        f"{_size(report['hbm_bytes'])} HBM: {'fits' if report['fits'] else 'DOES NOT FIT'}",
         f"FLOPs       {report['flops_per_step']:.3g} per step (matrix products)",
     ]
     for op, entry in sorted(report["collectives"].items()):
         loops = f", {entry['in_loops']} of them in loops (counted once)" if entry["in_loops"] else ""
-        lines.append(f"collective  {op}: {entry['count']} ops, {entry['bytes'] / 2**20:.1f} MiB"
-                     f"{loops}")
-    parts = ", ".join(f"{name.split('_')[0]} {report[name]:.4f} s" for name in
+        lines.append(f"collective  {op}: {entry['count']} ops, {_size(entry['bytes'])}{loops}")
+    parts = ", ".join(f"{name.split('_')[0]} {report[name]:.3g} s" for name in
                       ("compute_seconds", "hbm_seconds", "ici_seconds") if name in report)
-    lines.append(f"step        >= {report['step_seconds_estimate']:.4f} s ({parts}; roofline)")
+    lines.append(f"step        >= {report['step_seconds_estimate']:.3g} s ({parts}; roofline)")
     return "\n".join(lines)
 
 
@@ -90,6 +93,9 @@ def check(values: flags.FlagValues) -> dict[str, Any]:
                    else compile_report.num_classes_without_data(config.data))
     devices = tpu_topology.slice_devices(tpu_slice)
     hbm = tpu_topology.available_hbm_bytes(devices[0]) or tpu_slice.chip.hbm_gib * 2**30
+    if values.config.parallel == "pmap":
+        print("parallel    the config's pmap is compiled as shard_map: the same per-device step",
+              flush=True)
     report = compile_report.compile_step(config, tpu_slice, devices, hbm, num_classes)
     print(_table(report), flush=True)
     if not report["fits"]:

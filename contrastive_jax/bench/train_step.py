@@ -93,7 +93,7 @@ def time_step(config, steps: int) -> dict:
     if config.data.augment_on != "device":  # The step alone, without the augmentation.
         per_example = model_flops_per_step(config, mesh) / config.batch_size
         per_device = per_example * config.batch_size / seconds / jax.device_count()
-        row["train_gflops_per_example"] = round(per_example / 1e9, 2)
+        row["train_gflops_per_example"] = float(f"{per_example / 1e9:.4g}")
         row["model_tflops_per_sec_per_device"] = round(per_device / 1e12, 3)
         if FLAGS.peak_tflops > 0:
             row["mfu"] = round(per_device / (FLAGS.peak_tflops * 1e12), 4)
@@ -121,7 +121,8 @@ def main(argv) -> None:
     for base_width, image_size in cases:
         case = config.copy_and_resolve_references()
         case.model.base_width, case.data.image_size = base_width, image_size
-        row = {"model": case.model.name, "base_width": base_width, "image_size": image_size,
+        row = {"framework": "jax", "model": case.model.name, "base_width": base_width,
+               "image_size": image_size,
                "batch_size": case.batch_size, "dtype": case.model.dtype,
                "parallel": case.parallel, "augment_on": case.data.augment_on,
                "devices": jax.device_count(),
