@@ -42,7 +42,7 @@ import numpy as np
 from absl import flags
 from flax import traverse_util
 
-from contrastive_jax import parallel
+from contrastive_jax import files, parallel
 from contrastive_jax.models import resnet
 
 FORMATS = ("torchvision", "npz")
@@ -171,7 +171,7 @@ def torchvision_state_dict(params: dict, batch_stats: dict, stage_sizes: Sequenc
 def save_torchvision(path: str, restored: Restored) -> dict[str, np.ndarray]:
     """Writes the ResNet encoder of `restored` as a torchvision state_dict in safetensors;
     returns the tensors written."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     config = restored.config
     check_resnet(config)
@@ -183,7 +183,8 @@ def save_torchvision(path: str, restored: Restored) -> dict[str, np.ndarray]:
                 "width": str(config.model.width),
                 "base_width": str(config.model.get("base_width", 64)),
                 "step": str(restored.step)}
-    save_file(tensors, path, metadata=metadata)
+    with files.atomic_write(path, "wb") as f:
+        f.write(save(tensors, metadata=metadata))
     return tensors
 
 
@@ -299,11 +300,11 @@ def save_npz(path: str, restored: Restored) -> dict[str, np.ndarray]:
     """Writes every variable of `restored` to `path` and the names, step and config beside it
     (`side_file`); returns the arrays written."""
     arrays = flatten(restored.variables)
-    with open(path, "wb") as f:  # A file object: np.savez would append .npz to a bare name.
+    with files.atomic_write(path, "wb") as f:  # np.savez would add .npz to a bare name.
         np.savez(f, **arrays)
     names = {"step": restored.step, **name_map(list(arrays), restored.config),
              "config": restored.config.to_dict()}
-    with open(side_file(path), "w", encoding="utf-8") as f:
+    with files.atomic_write(side_file(path)) as f:
         json.dump(names, f, indent=2)
     return arrays
 

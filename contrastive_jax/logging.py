@@ -167,9 +167,9 @@ def _keep_rows_up_to(path: str, start_step: int) -> None:
         return
     rows = [row for row in _parse_rows(path)
             if start_step > 0 and isinstance(row.get("step"), int) and row["step"] <= start_step]
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
+    from contrastive_jax import files
+    with files.atomic_write(path) as f:
         f.writelines(json.dumps(row) + "\n" for row in rows)
-    os.replace(path + ".tmp", path)
 
 
 def read_metrics(workdir: str) -> list[dict]:

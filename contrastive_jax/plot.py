@@ -60,7 +60,9 @@ def plot(workdir: str, out: str) -> list[str]:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    from contrastive_jax import files
+    with files.atomic_write(out, "wb") as f:
+        fig.savefig(f, dpi=110, format=os.path.splitext(out)[1].lstrip(".") or "png")
     plt.close(fig)
     return titles
 

@@ -29,7 +29,8 @@ from absl import logging as absl_logging
 from clu import parameter_overview
 from jax.sharding import NamedSharding, PartitionSpec
 
-from contrastive_jax import evaluators, fsdp, grad_cache, methods, optim, parallel
+from contrastive_jax import (config_checks, evaluators, files, fsdp, grad_cache, methods, optim,
+                             parallel)
 from contrastive_jax.logging import MetricWriter, NoProgressReport
 
 # The data modules and clu's writers (TensorFlow) are imported where data is read and metrics are
@@ -73,15 +74,15 @@ def resolve_steps(config: ml_collections.ConfigDict, num_train_examples: int
     steps_per_epoch = max(num_train_examples // config.batch_size, 1)
     if config.get("total_steps", -1) <= 0:
         config.total_steps = int(round(config.num_epochs * steps_per_epoch))
+        if config.total_steps <= 0:
+            raise ValueError(
+                f"config.num_epochs={config.num_epochs} gives no training step: an epoch of "
+                f"{num_train_examples} examples is {steps_per_epoch} steps of batch "
+                f"{config.batch_size}; raise num_epochs or set total_steps")
     if config.optimizer.get("warmup_steps", -1) < 0:
         config.optimizer.warmup_steps = int(round(
             config.optimizer.get("warmup_epochs", 0.0) * steps_per_epoch))
     return config
-
-
-# Config fields that must be >= 1: a 0 would divide by zero in the loop, draw no pixels, or
-# (keep_checkpoints) make Orbax delete every checkpoint it writes.
-POSITIVE_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints", "data.image_size")
 
 
 def dataset_info(data_config: ml_collections.ConfigDict):
@@ -95,12 +96,10 @@ def dataset_info(data_config: ml_collections.ConfigDict):
 
 
 def check_fields(config: ml_collections.ConfigDict) -> None:
-    """The checks of `validate` that need neither the devices nor the data, so the command line
-    can make them before it starts JAX or reads anything."""
-    for key in POSITIVE_FIELDS:
-        value = _lookup(config, key)
-        if value is not None and value < 1:
-            raise ValueError(f"config.{key} must be >= 1, got {value}")
+    """The checks of `validate` that need neither the devices nor the data (every numeric
+    field's range), so the command line can make them before it starts JAX or reads
+    anything."""
+    config_checks.check_ranges(config)
 
 
 def check_workdir(workdir: str) -> None:
@@ -124,8 +123,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     check_fields(config)
     if config.parallel not in PARALLEL:
         raise ValueError(f"config.parallel must be one of {PARALLEL}, got {config.parallel!r}")
-    if "temperature" in config.loss and config.loss.temperature <= 0:
-        raise ValueError(f"config.loss.temperature must be > 0, got {config.loss.temperature}")
     if config.total_steps <= 0:
         raise ValueError(f"config.total_steps must be > 0, got {config.total_steps}")
     if config.get("profile_steps", 0) < 0:
@@ -287,9 +284,8 @@ def _check_workdir_config(workdir: str, config: ml_collections.ConfigDict
                     f"now {new}; use a new --workdir")
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
+        with files.atomic_write(path) as f:
             f.write(config.to_json(indent=2))
-        os.replace(path + ".tmp", path)
     return saved
 
 
@@ -587,6 +583,7 @@ class Trainer:
                 preempted = preemption.reached(step)
                 if step % config.checkpoint_every == 0 or is_last or preempted:
                     _finite_metrics(parallel.unreplicate(metrics, self.kind), step)
+                    _check_finite_state(state, step)
                     self.save(state, step)
                 if preempted and not is_last:
                     absl_logging.warning("SIGTERM: saved a checkpoint at step %d, exiting", step)
@@ -607,6 +604,22 @@ class Trainer:
                     profile.close()
                 writer.close()
         return last
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+                                if jnp.issubdtype(x.dtype, jnp.inexact)] or [True]))
+
+
+def _check_finite_state(state: TrainState, step: int) -> None:
+    """No checkpoint holds non-finite parameters or statistics: an update can make them so while
+    the loss that preceded it was finite (a learning rate of 1e40), and every resume would then
+    fail at once."""
+    if not bool(_all_finite((state.params, state.batch_stats, state.extra))):
+        raise FloatingPointError(
+            f"the parameters are not all finite after step {step} (the update diverged: "
+            "learning rate too high?); stopping before the state is checkpointed")
 
 
 def _finite_metrics(metrics: dict, step: int) -> dict[str, float]:

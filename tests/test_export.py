@@ -255,3 +255,25 @@ def test_a_workdir_without_checkpoints_is_refused(tmp_path):
         f.write(tiny_config().to_json())
     with pytest.raises(export.NoCheckpointError, match="no checkpoint in"):
         export.export(str(tmp_path), "npz", str(tmp_path / "x.npz"))
+
+
+def test_an_export_on_a_full_disk_keeps_the_old_file_whole(checkpointed_workdir, tmp_path):
+    """The second export of model.npz runs with files over 4 kB failing to write (EFBIG, as on
+    a full disk): one error line, the first export still loads, no temporary file is left."""
+    npz = tmp_path / "model.npz"
+    export.main(["export", f"--workdir={checkpointed_workdir}", "--format=npz",
+                 f"--output={npz}"])
+    before = npz.read_bytes()
+    limit = "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))"
+    program = (f"import resource, signal, sys\n{limit}\n"
+               "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a kill\n"
+               "from contrastive_jax import export\n"
+               f"export.main(['export', '--workdir={checkpointed_workdir}', '--format=npz', "
+               f"'--output={npz}'])\n")
+    result = subprocess.run([sys.executable, "-c", program], cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == f"error: cannot write {npz}: File too large"
+    assert npz.read_bytes() == before
+    np.load(npz)  # Whole: no BadZipFile.
+    assert sorted(os.listdir(tmp_path)) == ["model.json", "model.npz"]

@@ -287,3 +287,41 @@ def test_sigterm_to_one_or_both_of_two_processes_saves_one_agreed_step(tmp_path)
     assert again > step and saved_step(resumed[1]) == again
     assert ocp.CheckpointManager(os.path.join(workdir, "checkpoints")).all_steps() == [step,
                                                                                        again]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.optimizer.learning_rate=-0.1",
+     "error: config.optimizer.learning_rate must be >= 0, got -0.1"),
+    ("--config.optimizer.learning_rate=nan",
+     "error: config.optimizer.learning_rate must be a finite number, got nan"),
+    ("--config.loss.temperature=inf", "error: config.loss.temperature must be a finite number"),
+    ("--config.loss.temperature=nan", "error: config.loss.temperature must be a finite number"),
+    ("--config.data.crop_area_min=1.5",
+     "error: config.data.crop_area_min must be > 0 and <= 1, got 1.5"),
+    ("--config.data.grayscale_prob=-1", "error: config.data.grayscale_prob must be >= 0 and <= 1"),
+    ("--config.optimizer.momentum=1.0",
+     "error: config.optimizer.momentum must be >= 0 and < 1, got 1.0"),
+    ("--config.batch_size=0", "error: config.batch_size must be >= 1, got 0"),
+    ("--config.num_epochs=0.0001", "error: config.num_epochs=0.0001 gives no training step"),
+])
+def test_numeric_fields_out_of_range_are_refused_by_name(tmp_path, override, message):
+    workdir = tmp_path / "run"
+    proc = run_cli("--config=configs/demo.py", f"--workdir={workdir}", override)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert last_line(proc.stderr).startswith(message), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not (workdir / "checkpoints").exists() or not os.listdir(workdir / "checkpoints")
+
+
+def test_a_diverged_update_is_never_checkpointed(tmp_path):
+    """A learning rate of 1e40 (inf in float32): the loss of step 1 is finite, the update makes
+    the parameters NaN; the run stops before saving them."""
+    workdir = tmp_path / "run"
+    proc = run_cli("--config=configs/demo.py", f"--workdir={workdir}",
+                   "--config.optimizer.learning_rate=1e40", "--config.total_steps=3",
+                   "--config.checkpoint_every=1", "--config.eval_every=-1",
+                   "--config.model.base_width=2", "--config.batch_size=32")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert last_line(proc.stderr).startswith(
+        "error: the parameters are not all finite after step 1"), proc.stderr[-2000:]
+    assert os.listdir(workdir / "checkpoints") == []
