@@ -81,7 +81,7 @@ def restore(workdir: str) -> Restored:
     from contrastive_jax import train
 
     config = load_config(workdir)
-    trainer = train.Trainer(config, workdir)
+    trainer = train.Trainer(config, workdir, own_workdir=False)
     step = trainer.checkpoints.latest_step()
     if step is None:
         raise NoCheckpointError(f"no checkpoint in {trainer.checkpoints.directory}")

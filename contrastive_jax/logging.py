@@ -161,12 +161,25 @@ def _parse_rows(path: str) -> list[dict]:
 
 
 def _keep_rows_up_to(path: str, start_step: int) -> None:
-    """Rewrites `path` (atomically) with its whole rows of steps <= start_step; of none if the
-    run starts from scratch (step 0), whose start-of-run evaluation is logged again."""
+    """Rewrites `path` (atomically) with its whole rows of steps <= start_step. A run that
+    starts from scratch (step 0) in a workdir whose metrics.jsonl has rows (a run killed before
+    its first checkpoint) sets that file aside, with a warning, instead of losing it."""
     if not os.path.exists(path):
         return
+    if start_step == 0:
+        if _parse_rows(path):
+            aside, n = f"{path[:-len('.jsonl')]}.before_restart.jsonl", 1
+            while os.path.exists(aside):
+                n += 1
+                aside = f"{path[:-len('.jsonl')]}.before_restart_{n}.jsonl"
+            os.replace(path, aside)
+            logging.warning("%s holds rows of a run that saved no checkpoint; this run starts "
+                            "from step 0: moved them to %s", path, aside)
+        else:
+            os.remove(path)
+        return
     rows = [row for row in _parse_rows(path)
-            if start_step > 0 and isinstance(row.get("step"), int) and row["step"] <= start_step]
+            if isinstance(row.get("step"), int) and row["step"] <= start_step]
     from contrastive_jax import files
     with files.atomic_write(path) as f:
         f.writelines(json.dumps(row) + "\n" for row in rows)

@@ -31,6 +31,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from contrastive_jax import (config_checks, evaluators, files, fsdp, grad_cache, methods, optim,
                              parallel)
+from contrastive_jax import workdir as workdir_lib
 from contrastive_jax.logging import MetricWriter, NoProgressReport
 
 # The data modules and clu's writers (TensorFlow) are imported where data is read and metrics are
@@ -358,7 +359,10 @@ def _set_aside_path(workdir: str, step: int) -> str:
 class Trainer:
     """Holds what one run needs: the model, the wrapped step, the checkpoint manager."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str,
+                 own_workdir: bool = True):
+        """`own_workdir`: claim the workdir for this run (`workdir_lib`), as training does;
+        False for commands that only read it."""
         check_fields(config)
         self.info = dataset_info(config.data)
         self.config = config = resolve_steps(config, self.info.num_train_examples)
@@ -385,11 +389,26 @@ class Trainer:
             absl_logging.warning(
                 "the global batch (%d) is larger than the training set (%d examples): every "
                 "batch repeats examples", config.batch_size, self.info.num_train_examples)
-        self.saved_config = _check_workdir_config(workdir, config)
+        self.owner_file = _claim_workdir(workdir) if own_workdir else None
+        try:
+            self.saved_config = _check_workdir_config(workdir, config)
+            self.checkpoints = self._checkpoint_manager()
+        except BaseException:
+            self.release_workdir()
+            raise
+
+    def release_workdir(self) -> None:
+        """Gives up the workdir (process 0 owns it for the job)."""
+        if self.owner_file is not None:
+            workdir_lib.release(self.owner_file)
+            self.owner_file = None
+
+    def _checkpoint_manager(self) -> ocp.CheckpointManager:
         # Directories are made in the calling thread, so a full or read-only disk raises at the
         # save that meets it instead of leaving Orbax's writer threads waiting for a directory
         # signal that never comes; the background commit gets a bounded time.
-        self.checkpoints = ocp.CheckpointManager(
+        config, workdir = self.config, self.workdir
+        return ocp.CheckpointManager(
             os.path.join(os.path.abspath(workdir), "checkpoints"),
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=config.get("keep_checkpoints", 3), create=True,
@@ -603,6 +622,7 @@ class Trainer:
                 if profile is not None:
                     profile.close()
                 writer.close()
+                self.release_workdir()
         return last
 
 
@@ -629,6 +649,25 @@ def _finite_metrics(metrics: dict, step: int) -> dict[str, float]:
         raise FloatingPointError(f"loss is {values['loss']} at step {step}; stopping before "
                                  "the diverged state is checkpointed (lower the learning rate?)")
     return values
+
+
+def _claim_workdir(workdir: str) -> str | None:
+    """Process 0 claims the workdir for the job (`workdir_lib.claim`); every process learns
+    whether it did, so that all stop together when another run owns it."""
+    owner_file, refusal = None, ""
+    if jax.process_index() == 0:
+        try:
+            owner_file = workdir_lib.claim(workdir)
+        except workdir_lib.WorkdirBusyError as error:
+            refusal = str(error)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        busy = multihost_utils.broadcast_one_to_all(np.int32(bool(refusal)))
+        refusal = refusal or (f"workdir {workdir} is in use by another run (see process 0)"
+                              if int(busy) else "")
+    if refusal:
+        raise workdir_lib.WorkdirBusyError(refusal)
+    return owner_file
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:

@@ -3,6 +3,7 @@ that agree with metrics.jsonl, the config as hyperparameters, the parameter tabl
 profiler trace; and the evaluations that `config.eval.evaluators` chooses."""
 
 import glob
+import json
 import logging
 import os
 import types
@@ -14,7 +15,7 @@ import tensorflow as tf
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from contrastive_jax import data_sources, evaluators, input_pipeline, parallel, train
-from contrastive_jax.logging import read_metrics
+from contrastive_jax.logging import MetricWriter, read_metrics
 
 from test_train import final_params, tiny_config
 
@@ -159,3 +160,20 @@ def test_knn_and_linear_share_one_extraction_per_split(monkeypatch):
     together = evaluators.run_all(built, {})
     assert sorted(splits) == ["test", "train"]
     assert together == pytest.approx(alone)
+
+
+def test_rows_of_a_run_that_saved_no_checkpoint_are_set_aside(tmp_path):
+    """A rerun from step 0 in a workdir whose metrics.jsonl has rows (a run killed before its
+    first checkpoint) keeps them in metrics.before_restart.jsonl, and starts a new file."""
+    for attempt in range(2):
+        writer = MetricWriter(str(tmp_path), start_step=0)
+        writer.write(0, {"knn_top1": 0.1 + attempt})
+        writer.write(5, {"loss": 2.0 + attempt})
+        writer.close()
+    MetricWriter(str(tmp_path), start_step=0).close()
+    read = lambda name: [json.loads(line) for line in (tmp_path / name).read_text().splitlines()]
+    assert read("metrics.before_restart.jsonl") == [{"step": 0, "knn_top1": 0.1},
+                                                    {"step": 5, "loss": 2.0}]
+    assert read("metrics.before_restart_2.jsonl") == [{"step": 0, "knn_top1": 1.1},
+                                                      {"step": 5, "loss": 3.0}]
+    assert not (tmp_path / "metrics.jsonl").exists()
