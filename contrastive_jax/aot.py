@@ -46,6 +46,9 @@ def parse_flags(argv: Sequence[str]) -> flags.FlagValues:
         rest = values(list(argv))
         values.config.get("method")  # A config file that fails to load fails here.
     except (AttributeError, KeyError) as error:  # ml_collections' unknown --config.key
+        if "has no attribute 'get_config'" in str(error):
+            raise flags.Error("cannot load --config: the file defines no get_config()"
+                              ) from error
         while error.args and isinstance(error.args[0], BaseException):
             error = error.args[0]
         raise flags.Error(f"unknown config key {error.args[0] if error.args else error}"

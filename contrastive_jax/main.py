@@ -105,12 +105,18 @@ def parse_flags(argv: list[str]) -> list[str]:
         rest = FLAGS(argv)
         FLAGS.config.get("method")
     except (AttributeError, KeyError) as error:
+        if "has no attribute 'get_config'" in str(error):
+            config_file = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")),
+                               "")
+            fail(f"cannot load --config={config_file}: the file defines no get_config()")
         fail(f"unknown config key {_unknown_key(error)}")
     except OSError as error:
         fail(f"cannot load --config={config_flags.get_config_filename(FLAGS['config'])}: "
              f"{str(error).strip().splitlines()[-1].strip()}")
     except Exception as error:  # flags.Error, a config file that raises, a bad value type.
         fail(error)
+    if len(rest) > 1:
+        fail(f"unexpected arguments: {' '.join(rest[1:])} (flags take the form --name=value)")
     return rest
 
 
@@ -131,8 +137,9 @@ def _exit_on_sigterm(signum, frame) -> None:
     to be, and a library that catches every exception there swallows it (a run was seen to go
     on training after this message).
     """
-    del signum, frame
-    logging.warning("SIGTERM before training began: nothing new to save; exiting")
+    del frame
+    logging.warning("%s before training began: nothing new to save; exiting",
+                    signal.Signals(signum).name)
     logging.flush()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -140,9 +147,9 @@ def _exit_on_sigterm(signum, frame) -> None:
 
 
 def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # parse_flags refused anything beyond the flags.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGINT, _exit_on_sigterm)  # Ctrl-C: as SIGTERM.
     from contrastive_jax import train
     try:  # Before TensorFlow and JAX start: a bad field or workdir fails in a second.
         train.check_fields(FLAGS.config)

@@ -320,8 +320,9 @@ class _Preemption:
     def __init__(self):
         self.requested = False
         self._multi_process = jax.process_count() > 1
-        if not self._multi_process:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        if not self._multi_process:  # Ctrl-C (SIGINT) as SIGTERM: save, then stop.
+            self._previous = {sig: signal.signal(sig, self._handle)
+                              for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def _handle(self, signum, frame):
         del signum, frame
@@ -336,7 +337,8 @@ class _Preemption:
 
     def restore(self) -> None:
         if not self._multi_process:
-            signal.signal(signal.SIGTERM, self._previous)
+            for sig, previous in self._previous.items():
+                signal.signal(sig, previous)
 
 
 def _one_line(error: BaseException, limit: int = 300) -> str:

@@ -325,3 +325,37 @@ def test_a_diverged_update_is_never_checkpointed(tmp_path):
     assert last_line(proc.stderr).startswith(
         "error: the parameters are not all finite after step 1"), proc.stderr[-2000:]
     assert os.listdir(workdir / "checkpoints") == []
+
+
+def test_a_config_without_get_config_and_a_stray_argument_are_named(tmp_path):
+    config = tmp_path / "no_get_config.py"
+    config.write_text("x = 1\n")
+    proc = run_cli(f"--config={config}", f"--workdir={tmp_path / 'run'}")
+    assert proc.returncode == 1
+    assert last_line(proc.stderr) == (f"error: cannot load --config={config}: the file defines "
+                                      "no get_config()")
+    proc = run_cli("--config=configs/demo.py", f"--workdir={tmp_path / 'run'}", "stray")
+    assert proc.returncode == 1
+    assert last_line(proc.stderr) == ("error: unexpected arguments: stray (flags take the form "
+                                      "--name=value)")
+
+
+def test_sigint_saves_a_checkpoint_and_exits_0_as_sigterm_does(tmp_path):
+    run = str(tmp_path / "run")
+    command = [sys.executable, "-m", "contrastive_jax.main", "--config=configs/demo.py",
+               f"--workdir={run}", "--config.data.source=synthetic",
+               "--config.data.synthetic_num_examples=64", "--config.data.image_size=8",
+               "--config.model.base_width=2", "--config.batch_size=16",
+               "--config.total_steps=100000", "--config.log_every=1", "--config.eval_every=-1",
+               "--config.checkpoint_every=100000"]
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if "step 2/" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "preempted: checkpoint saved at step" in stdout
+    assert ocp.CheckpointManager(os.path.join(run, "checkpoints")).all_steps()
