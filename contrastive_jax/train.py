@@ -444,6 +444,10 @@ class Trainer:
                 break
             except Exception as error:  # Orbax and TensorStore raise many kinds.
                 failures[step] = _one_line(error, limit=200)
+                # A failed restore can leave the manager's idea of the layout behind (a step
+                # directory without metadata makes it expect several items): a fresh one.
+                self.checkpoints.close()
+                self.checkpoints = self._checkpoint_manager()
         else:
             raise CheckpointError(
                 f"no checkpoint in {self.checkpoints.directory} restores with this config ("

@@ -183,6 +183,23 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(trained, resumed_o
     assert_trees_equal(params, want_params)
 
 
+def test_an_empty_step_directory_is_set_aside_and_the_run_resumes(trained, tmp_path):
+    """The newest checkpoint's directory is empty (a copy interrupted): it is moved aside, the
+    run resumes from checkpoint 2 and ends with the parameters of the run that was never
+    broken."""
+    workdir = copy_of(trained, tmp_path)
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "4"))
+    os.makedirs(os.path.join(workdir, "checkpoints", "4"))
+    with _Warnings() as warnings:
+        train.train_and_evaluate(config_4_steps(), workdir)
+    assert any(message.startswith("checkpoint 4 does not restore")
+               for message in warnings.messages), warnings.messages
+    assert os.path.isdir(os.path.join(workdir, "unrestorable_checkpoints", "4"))
+    (step, params), (want_step, want) = final_params(workdir), final_params(trained)
+    assert step == want_step == 4
+    assert_trees_equal(params, want)
+
+
 def test_resume_leaves_one_metrics_row_per_step(trained, resumed_over_corrupt):
     workdir, warnings = resumed_over_corrupt
     rows = read_metrics(workdir)
