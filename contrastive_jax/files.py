@@ -25,8 +25,11 @@ def atomic_write(path: str, mode: str = "w") -> Iterator[IO]:
     changes only when the block ends without an exception, with the permissions a plain open
     would give it. An OSError names `path`."""
     directory = os.path.dirname(os.path.abspath(path))
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.",
-                                             suffix=".tmp", dir=directory)
+    try:
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.",
+                                                 suffix=".tmp", dir=directory)
+    except OSError as error:
+        raise OSError(f"cannot write {path}: {error.strerror or error}") from error
     try:
         with os.fdopen(descriptor, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f

@@ -20,10 +20,12 @@ CURVES = ("loss", "learning_rate")
 ACCURACY_MARKERS = ("top1", "recall@")
 
 
-def series(rows: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
-    """(steps, values) of every numeric metric in `rows`, in step order."""
+def series(rows: list) -> dict[str, tuple[list[int], list[float]]]:
+    """(steps, values) of every numeric metric in `rows`, in step order; rows that are not
+    objects with an integer "step" are left out."""
+    rows = [row for row in rows if isinstance(row, dict) and isinstance(row.get("step"), int)]
     out: dict[str, tuple[list[int], list[float]]] = {}
-    for row in sorted(rows, key=lambda r: r.get("step", 0)):
+    for row in sorted(rows, key=lambda r: r["step"]):
         for name, value in row.items():
             if name != "step" and isinstance(value, (int, float)):
                 steps, values = out.setdefault(name, ([], []))
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:
         print("error: plotting needs matplotlib: pip install -e '.[plot]'", file=sys.stderr)
         sys.exit(1)
-    except ValueError as error:
+    except (ValueError, OSError) as error:  # No metrics; an --out that cannot be written.
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
     print(f"wrote {out}: {', '.join(titles)}")

@@ -274,9 +274,19 @@ def _check_workdir_config(workdir: str, config: ml_collections.ConfigDict
     Returns the config that was there before (None for a new workdir)."""
     path = os.path.join(workdir, "config.json")
     saved = None
+    checkpoints = os.path.join(workdir, "checkpoints")
+    if not os.path.exists(path) and os.path.isdir(checkpoints) and any(
+            name.isdigit() for name in os.listdir(checkpoints)):
+        raise ConfigMismatchError(
+            f"workdir {workdir} holds checkpoints but no config.json: nothing tells which "
+            f"config they come from; put back {path}, or use a new --workdir")
     if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            saved = ml_collections.ConfigDict(json.load(f))
+        try:
+            with open(path, encoding="utf-8") as f:
+                saved = ml_collections.ConfigDict(json.load(f))
+        except (OSError, ValueError) as error:
+            raise ConfigMismatchError(f"cannot read {path} ({error}); put back a whole "
+                                      "config.json, or use a new --workdir") from error
         for key in CHECKPOINT_DEFINING_KEYS:
             old, new = _lookup(saved, key), _lookup(config, key)
             if _differs(old, new):

@@ -376,3 +376,12 @@ def test_sigint_saves_a_checkpoint_and_exits_0_as_sigterm_does(tmp_path):
     assert proc.returncode == 0, stderr[-2000:]
     assert "preempted: checkpoint saved at step" in stdout
     assert ocp.CheckpointManager(os.path.join(run, "checkpoints")).all_steps()
+
+
+def test_checkpoints_without_config_json_are_refused_and_left_alone(trained, tmp_path):
+    workdir = copy_of(trained, tmp_path)
+    os.remove(os.path.join(workdir, "config.json"))
+    before = sorted(os.listdir(workdir))
+    with pytest.raises(train.ConfigMismatchError, match="holds checkpoints but no config.json"):
+        train.train_and_evaluate(config_4_steps(), workdir)
+    assert sorted(os.listdir(workdir)) == before  # config.json was not written.

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from contrastive_jax import plot
+from contrastive_jax.logging import read_metrics
 
 from test_train import REPO
 
@@ -48,3 +49,14 @@ def test_plot_of_an_empty_workdir_is_one_error_line(tmp_path):
 @pytest.mark.parametrize("rows", [[{"step": 3, "note": "text", "loss": 1.0}]])
 def test_series_keeps_numbers_only(rows):
     assert plot.series(rows) == {"loss": ([3], [1.0])}
+
+
+def test_rows_without_a_step_are_left_out_and_an_unwritable_out_is_one_line(tmp_path, capsys):
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"step": 1, "loss": 2.0}\n[1, 2]\n{"loss": 3.0}\n{"step": 2, "loss": 1.5}\n')
+    assert plot.series(read_metrics(str(tmp_path))) == {"loss": ([1, 2], [2.0, 1.5])}
+    with pytest.raises(SystemExit) as exit_info:
+        plot.main([str(tmp_path), f"--out={tmp_path / 'missing' / 'curves.png'}"])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: cannot write {tmp_path / 'missing' / 'curves.png'}: No such file or directory")
