@@ -305,7 +305,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> tuple[i
         f"contrastive_jax.main --config=<the same config> --workdir={workdir}")
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
         raise missing
-    trainer = train.Trainer(config, workdir)
+    trainer = train.Trainer(config, workdir, own_workdir=False)  # config.json stays as it is.
     step = trainer.checkpoints.latest_step()
     if step is None:
         raise missing
@@ -320,8 +320,7 @@ def run_cli(argv: Sequence[str]) -> None:
     """The command line: `contrastive_jax.main`'s flags, linear evaluation instead of training."""
     from contrastive_jax import main as training_cli
 
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # training_cli.parse_flags refused anything beyond the flags.
     import tensorflow as tf
     tf.config.set_visible_devices([], "GPU")  # tf.data only; the accelerators belong to JAX.
     absl_logging.get_absl_handler().addFilter(  # Orbax reports every restore step at INFO.
@@ -338,6 +337,6 @@ def run_cli(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    from contrastive_jax import main as _defines_the_flags  # noqa: F401
+    from contrastive_jax import main as training_cli  # Defines the flags.
 
-    app.run(run_cli)
+    app.run(run_cli, flags_parser=training_cli.parse_flags)

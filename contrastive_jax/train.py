@@ -268,10 +268,10 @@ def place_state(host_state, shardings, config: ml_collections.ConfigDict, mesh):
     return parallel.replicate(host_state, config.parallel, mesh)
 
 
-def _check_workdir_config(workdir: str, config: ml_collections.ConfigDict
+def _check_workdir_config(workdir: str, config: ml_collections.ConfigDict, write: bool = True
                           ) -> ml_collections.ConfigDict | None:
-    """Writes DIR/config.json, or refuses a workdir whose checkpoints came from another config.
-    Returns the config that was there before (None for a new workdir)."""
+    """Writes DIR/config.json (if `write`), or refuses a workdir whose checkpoints came from
+    another config. Returns the config that was there before (None for a new workdir)."""
     path = os.path.join(workdir, "config.json")
     saved = None
     checkpoints = os.path.join(workdir, "checkpoints")
@@ -293,7 +293,7 @@ def _check_workdir_config(workdir: str, config: ml_collections.ConfigDict
                 raise ConfigMismatchError(
                     f"workdir {workdir} holds checkpoints of another config: {key} was {old}, "
                     f"now {new}; use a new --workdir")
-    if jax.process_index() == 0:
+    if write and jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         with files.atomic_write(path) as f:
             f.write(config.to_json(indent=2))
@@ -373,8 +373,9 @@ class Trainer:
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str,
                  own_workdir: bool = True):
-        """`own_workdir`: claim the workdir for this run (`workdir_lib`), as training does;
-        False for commands that only read it."""
+        """`own_workdir`: claim the workdir for this run (`workdir_lib`) and write its
+        config.json, as training does; False for commands that read its checkpoints (export,
+        linear_eval), which leave both as they are."""
         check_fields(config)
         self.info = dataset_info(config.data)
         self.config = config = resolve_steps(config, self.info.num_train_examples)
@@ -403,7 +404,7 @@ class Trainer:
                 "batch repeats examples", config.batch_size, self.info.num_train_examples)
         self.owner_file = _claim_workdir(workdir) if own_workdir else None
         try:
-            self.saved_config = _check_workdir_config(workdir, config)
+            self.saved_config = _check_workdir_config(workdir, config, write=own_workdir)
             self.checkpoints = self._checkpoint_manager()
         except BaseException:
             self.release_workdir()

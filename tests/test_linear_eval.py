@@ -180,9 +180,26 @@ def test_linear_eval_beats_chance_leaves_the_encoder_alone_and_reads_checkpoints
     assert results["linear_eval_top1"] >= 0.9, results
     jax.tree.map(np.testing.assert_array_equal, encoder_before,
                  parallel.unreplicate(encoder, trainer.kind))
+    written = os.stat(os.path.join(workdir, "config.json"))
     step, from_workdir = linear_eval.evaluate_workdir(config, workdir)
     assert step == 3 and from_workdir == results
     assert read_metrics(workdir)[-1] == {"step": 3, **results}
+    after = os.stat(os.path.join(workdir, "config.json"))  # Read, not written again.
+    assert (after.st_ino, after.st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config.nosuchkey=1", "--workdir=/tmp/x"], "error: unknown config key 'nosuchkey'"),
+    ([], "error: flag --workdir=None: Flag --workdir must have a value other than None."),
+])
+def test_cli_bad_flags_are_one_error_line(args, message):
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-m", "contrastive_jax.linear_eval", "--config=configs/demo.py", *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == message, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
 
 
 def test_cli_without_a_checkpoint_says_so_in_one_line_and_exits_1(tmp_path):
