@@ -317,6 +317,11 @@ def export(workdir: str, export_format: str, output: str) -> Restored:
     if export_format not in FORMATS:
         raise ValueError(f"unknown --format {export_format!r}; choose one of {FORMATS}")
     if export_format == "torchvision":  # Before the restore, which takes a while.
+        try:
+            import safetensors.numpy  # noqa: F401
+        except ImportError as error:
+            raise ValueError("--format=torchvision writes safetensors, which is not installed: "
+                             "pip install -e '.[export]'") from error
         check_resnet(load_config(workdir))
     restored = restore(workdir)
     (save_torchvision if export_format == "torchvision" else save_npz)(output, restored)

@@ -277,3 +277,16 @@ def test_an_export_on_a_full_disk_keeps_the_old_file_whole(checkpointed_workdir,
     assert npz.read_bytes() == before
     np.load(npz)  # Whole: no BadZipFile.
     assert sorted(os.listdir(tmp_path)) == ["model.json", "model.npz"]
+
+
+def test_torchvision_format_without_safetensors_is_one_error_line(tmp_path):
+    program = ("import sys\nsys.modules['safetensors'] = None  # import raises ImportError\n"
+               "from contrastive_jax import export\n"
+               f"export.main(['export', '--workdir={tmp_path}', '--format=torchvision', "
+               f"'--output={tmp_path / 'x.safetensors'}'])\n")
+    result = subprocess.run([sys.executable, "-c", program], cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: --format=torchvision writes safetensors, which is not installed: "
+        "pip install -e '.[export]'")
