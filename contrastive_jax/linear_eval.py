@@ -323,8 +323,7 @@ def run_cli(argv: Sequence[str]) -> None:
     del argv  # training_cli.parse_flags refused anything beyond the flags.
     import tensorflow as tf
     tf.config.set_visible_devices([], "GPU")  # tf.data only; the accelerators belong to JAX.
-    absl_logging.get_absl_handler().addFilter(  # Orbax reports every restore step at INFO.
-        lambda record: record.levelno >= absl_logging.WARNING or "orbax" not in record.pathname)
+    training_cli.quiet_library_logs()
     training_cli.initialize_distributed()
     flags = training_cli.FLAGS
     try:

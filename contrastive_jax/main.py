@@ -10,6 +10,7 @@ a SIGTERM ends it with status 0, after saving a checkpoint once training has beg
 from __future__ import annotations
 
 import gc
+import logging as python_logging
 import os
 import signal
 import sys
@@ -26,8 +27,22 @@ flags.DEFINE_integer("num_processes", int(os.environ.get("JAX_NUM_PROCESSES", "0
                      "Number of processes (with --coordinator_address).")
 flags.DEFINE_integer("process_id", int(os.environ.get("JAX_PROCESS_ID", "-1")),
                      "This process's index (with --coordinator_address).")
+flags.DEFINE_bool("library_logs", False, "Show Orbax's and TensorStore's INFO lines (about 40 "
+                  "per checkpoint).")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
+
+
+def quiet_library_logs() -> None:
+    """Orbax reports every save and restore step by step at INFO (some 40 lines a checkpoint):
+    keep them, and TensorStore's, out of the console unless --library_logs asks for them."""
+    if FLAGS.library_logs:
+        return
+    # ABSLHandler passes records on to its Python handler, which applies the filters.
+    # absl's logging.WARNING is its verbosity (-1); records carry Python's levels.
+    logging.get_absl_handler().python_handler.addFilter(
+        lambda record: record.levelno >= python_logging.WARNING or not any(
+            name in record.pathname for name in ("orbax", "tensorstore")))
 
 
 def _on_pod_or_cluster() -> bool:
@@ -160,9 +175,7 @@ def main(argv) -> None:
     if numpy_data.tensorflow_available():  # Absent on many GPU images: the device path runs.
         import tensorflow as tf
         tf.config.set_visible_devices([], "GPU")  # tf.data only; the accelerators are JAX's.
-    # Orbax reports every save step by step at INFO; keep the progress lines readable.
-    logging.get_absl_handler().addFilter(
-        lambda record: record.levelno >= logging.WARNING or "orbax" not in record.pathname)
+    quiet_library_logs()
     initialize_distributed()
 
     import jax

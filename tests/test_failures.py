@@ -376,6 +376,9 @@ def test_sigint_saves_a_checkpoint_and_exits_0_as_sigterm_does(tmp_path):
     assert proc.returncode == 0, stderr[-2000:]
     assert "preempted: checkpoint saved at step" in stdout
     assert ocp.CheckpointManager(os.path.join(run, "checkpoints")).all_steps()
+    # Orbax's INFO lines (some 40 a checkpoint) stay out of the console without --library_logs.
+    assert not [line for line in stderr.splitlines() if "orbax" in line.lower()
+                or "checkpoint_manager.py" in line], stderr[-3000:]
 
 
 def test_checkpoints_without_config_json_are_refused_and_left_alone(trained, tmp_path):
