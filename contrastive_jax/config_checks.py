@@ -70,7 +70,6 @@ RANGES = {
     "optimizer.warmup_epochs": NON_NEGATIVE,
     "optimizer.grad_clip_norm": NON_NEGATIVE,
     "loss.temperature": POSITIVE,
-    "loss.momentum": FRACTION,
     "eval.batch_size": AT_LEAST_ONE,
     "eval.knn_k": AT_LEAST_ONE,
     "eval.knn_temperature": POSITIVE,
@@ -96,7 +95,3 @@ def check_ranges(config: ml_collections.ConfigDict) -> None:
                         if v is not None and allowed.problem(v)), None)
         if problem:
             raise ValueError(f"config.{key} {problem}, got {value}")
-    small = lookup(config, "data.small_crop_area_min"), lookup(config, "data.small_crop_area_max")
-    if None not in small and small[0] > small[1]:
-        raise ValueError(f"config.data.small_crop_area_min ({small[0]}) must be <= "
-                         f"data.small_crop_area_max ({small[1]})")

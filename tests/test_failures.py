@@ -220,8 +220,10 @@ def test_partial_last_metrics_line_does_not_break_the_summary(tmp_path):
 
 def test_checkpoint_that_does_not_fit_is_one_error_and_moves_nothing(trained, tmp_path):
     workdir = copy_of(trained, tmp_path)
-    os.remove(os.path.join(workdir, "config.json"))  # As if copied in from another run.
-    trainer = train.Trainer(config_4_steps(**{"model.head_out_dim": 8}), workdir)
+    config = config_4_steps(**{"model.head_out_dim": 8})
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+        f.write(config.to_json())  # As if the checkpoints were copied in from another run.
+    trainer = train.Trainer(config, workdir)
     with pytest.raises(train.CheckpointError, match=r"no checkpoint in .* restores with this "
                                                     r"config \(step 4: .*; step 2: .*\)"):
         trainer.initial_state()
