@@ -669,22 +669,11 @@ def _finite_metrics(metrics: dict, step: int) -> dict[str, float]:
 
 
 def _claim_workdir(workdir: str) -> str | None:
-    """Process 0 claims the workdir for the job (`workdir_lib.claim`); every process learns
-    whether it did, so that all stop together when another run owns it."""
-    owner_file, refusal = None, ""
-    if jax.process_index() == 0:
-        try:
-            owner_file = workdir_lib.claim(workdir)
-        except workdir_lib.WorkdirBusyError as error:
-            refusal = str(error)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        busy = multihost_utils.broadcast_one_to_all(np.int32(bool(refusal)))
-        refusal = refusal or (f"workdir {workdir} is in use by another run (see process 0)"
-                              if int(busy) else "")
-    if refusal:
-        raise workdir_lib.WorkdirBusyError(refusal)
-    return owner_file
+    """Process 0 claims the workdir for the job (`workdir_lib.claim`). The others do not wait
+    for its answer: a collective this early would open gloo's connections, whose reads then
+    time out (30 s) when the processes' first compilations finish far apart; a refused process
+    0 exits, and the others stop at their first collective without it."""
+    return workdir_lib.claim(workdir) if jax.process_index() == 0 else None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:

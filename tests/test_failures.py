@@ -20,7 +20,7 @@ import pytest
 
 from contrastive_jax import train
 from contrastive_jax.logging import read_metrics
-from test_train import REPO, assert_trees_equal, final_params, tiny_config
+from test_train import REPO, assert_trees_equal, final_params, long_run, tiny_config
 
 
 def last_line(stderr: str) -> str:
@@ -361,15 +361,7 @@ def test_a_config_without_get_config_and_a_stray_argument_are_named(tmp_path):
 
 def test_sigint_saves_a_checkpoint_and_exits_0_as_sigterm_does(tmp_path):
     run = str(tmp_path / "run")
-    command = [sys.executable, "-m", "contrastive_jax.main", "--config=configs/demo.py",
-               f"--workdir={run}", "--config.data.source=synthetic",
-               "--config.data.synthetic_num_examples=64", "--config.data.image_size=8",
-               "--config.model.base_width=2", "--config.batch_size=16",
-               "--config.total_steps=100000", "--config.log_every=1", "--config.eval_every=-1",
-               "--config.checkpoint_every=100000"]
-    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
-    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = long_run(run)
     for line in proc.stderr:
         if "step 2/" in line:
             proc.send_signal(signal.SIGINT)

@@ -131,6 +131,20 @@ def test_nan_loss_stops_before_checkpointing(tmp_path):
         assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params)), step
 
 
+def long_run(workdir: str) -> subprocess.Popen:
+    """The CLI on a tiny synthetic run of 100,000 steps, logging every step, in a subprocess
+    (stderr piped), for tests that signal or race a run in progress."""
+    command = [sys.executable, "-m", "contrastive_jax.main", "--config=configs/demo.py",
+               f"--workdir={workdir}", "--config.data.source=synthetic",
+               "--config.data.synthetic_num_examples=64", "--config.data.image_size=8",
+               "--config.model.base_width=2", "--config.batch_size=16",
+               "--config.total_steps=100000", "--config.log_every=1", "--config.eval_every=-1",
+               "--config.checkpoint_every=100000"]
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
 def run_main(workdir, *overrides, stop_at_step=None):
     """Runs the CLI in a subprocess (1 CPU device); with stop_at_step, sends SIGTERM as soon as
     the progress line of that step is printed."""

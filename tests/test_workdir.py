@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from contrastive_jax import workdir
-from test_train import REPO
+from test_train import REPO, long_run
 
 
 def write_owner(directory, pid: int, host: str | None = None) -> None:
@@ -49,21 +49,14 @@ def test_a_half_written_owner_file_is_an_owner_that_has_ended(tmp_path):
 
 def test_a_second_launch_on_a_running_workdir_is_refused(tmp_path):
     run = str(tmp_path / "run")
-    command = [sys.executable, "-m", "contrastive_jax.main", "--config=configs/demo.py",
-               f"--workdir={run}", "--config.data.source=synthetic",
-               "--config.data.synthetic_num_examples=64", "--config.data.image_size=8",
-               "--config.model.base_width=2", "--config.batch_size=16",
-               "--config.total_steps=100000", "--config.log_every=1",
-               "--config.eval_every=-1", "--config.checkpoint_every=100000"]
-    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
-    first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    first = long_run(run)
     try:
         for line in first.stderr:
             if "step 1/" in line:
                 break
-        second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                                timeout=120)
+        second = subprocess.run(first.args, cwd=REPO, env=dict(os.environ, XLA_FLAGS="",
+                                                              JAX_PLATFORMS="cpu"),
+                                capture_output=True, text=True, timeout=120)
         assert second.returncode == 1
         assert second.stderr.strip().splitlines()[-1].startswith(
             f"error: workdir {run} is in use by pid {first.pid} on {socket.gethostname()} "
