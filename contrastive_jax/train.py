@@ -288,7 +288,7 @@ def _check_workdir_config(workdir: str, config: ml_collections.ConfigDict, write
             raise ConfigMismatchError(f"cannot read {path} ({error}); put back a whole "
                                       "config.json, or use a new --workdir") from error
         for key in CHECKPOINT_DEFINING_KEYS:
-            old, new = _lookup(saved, key), _lookup(config, key)
+            old, new = config_checks.lookup(saved, key), config_checks.lookup(config, key)
             if _differs(old, new):
                 raise ConfigMismatchError(
                     f"workdir {workdir} holds checkpoints of another config: {key} was {old}, "
@@ -307,13 +307,6 @@ def _differs(old, new) -> bool:
     if isinstance(old, dict) and isinstance(new, dict):
         return any(key not in new or _differs(value, new[key]) for key, value in old.items())
     return old != new
-
-
-def _lookup(config: ml_collections.ConfigDict, dotted: str):
-    value = config
-    for part in dotted.split("."):
-        value = value.get(part) if isinstance(value, (dict, ml_collections.ConfigDict)) else None
-    return value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
 
 
 class _Preemption:
@@ -402,7 +395,12 @@ class Trainer:
             absl_logging.warning(
                 "the global batch (%d) is larger than the training set (%d examples): every "
                 "batch repeats examples", config.batch_size, self.info.num_train_examples)
-        self.owner_file = _claim_workdir(workdir) if own_workdir else None
+        # Process 0 claims for the job, without waiting in a collective: one this early opens
+        # gloo's connections, whose reads time out (30 s) when the processes' first compiles
+        # finish far apart; a refused process 0 exits and the others stop at their first
+        # collective.
+        self.owner_file = (workdir_lib.claim(workdir)
+                           if own_workdir and jax.process_index() == 0 else None)
         try:
             self.saved_config = _check_workdir_config(workdir, config, write=own_workdir)
             self.checkpoints = self._checkpoint_manager()
@@ -666,14 +664,6 @@ def _finite_metrics(metrics: dict, step: int) -> dict[str, float]:
         raise FloatingPointError(f"loss is {values['loss']} at step {step}; stopping before "
                                  "the diverged state is checkpointed (lower the learning rate?)")
     return values
-
-
-def _claim_workdir(workdir: str) -> str | None:
-    """Process 0 claims the workdir for the job (`workdir_lib.claim`). The others do not wait
-    for its answer: a collective this early would open gloo's connections, whose reads then
-    time out (30 s) when the processes' first compilations finish far apart; a refused process
-    0 exits, and the others stop at their first collective without it."""
-    return workdir_lib.claim(workdir) if jax.process_index() == 0 else None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
