@@ -2,8 +2,8 @@
 
     python -m contrastive_jax.export --workdir=DIR --format=torchvision|npz --output=FILE
 
-restores the newest checkpoint of DIR with the config the run saved in DIR/config.json (through
-`train.Trainer`, as linear evaluation does) and writes
+restores the newest checkpoint of DIR with the config the run saved in DIR/config.json
+(`checkpoints.restore`: no data is read, nothing in DIR is written) and writes
 
 - `torchvision`: the ResNet encoder as a torchvision `state_dict` in safetensors (`conv1.weight`,
   `bn1.running_mean`, `layer1.0.conv1.weight`, `layer2.0.downsample.0.weight` ...): conv
@@ -30,69 +30,20 @@ restores the newest checkpoint of DIR with the config the run saved in DIR/confi
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
-import flax.linen as nn
-import jax
 import ml_collections
 import numpy as np
 from absl import flags
 from flax import traverse_util
 
-from contrastive_jax import files, parallel
+from contrastive_jax import checkpoints, files
 from contrastive_jax.models import resnet
 
 FORMATS = ("torchvision", "npz")
 SEPARATOR = "/"
-
-
-class NoCheckpointError(ValueError):
-    """The workdir holds no checkpoint to export."""
-
-
-class Restored(NamedTuple):
-    """A workdir's newest checkpoint: its config, step, inference model and host variables."""
-
-    config: ml_collections.ConfigDict
-    step: int
-    model: nn.Module
-    variables: dict
-
-
-# -- restoring -----------------------------------------------------------------------------------
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config that trained `workdir`, as the Trainer saved it in DIR/config.json."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise NoCheckpointError(f"{path} does not exist: {workdir} is not a training workdir")
-    with open(path, encoding="utf-8") as f:
-        return ml_collections.ConfigDict(json.load(f))
-
-
-def restore(workdir: str) -> Restored:
-    """The newest checkpoint of `workdir` that restores (`train.Trainer.initial_state`), its
-    variables {"params", "batch_stats"} as host numpy arrays, and the model built for
-    inference (BatchNorm with running statistics, no cross-device axis)."""
-    from contrastive_jax import train
-
-    config = load_config(workdir)
-    trainer = train.Trainer(config, workdir, own_workdir=False)
-    step = trainer.checkpoints.latest_step()
-    if step is None:
-        raise NoCheckpointError(f"no checkpoint in {trainer.checkpoints.directory}")
-    state = trainer.initial_state()
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    if trainer.kind == "pmap":
-        variables = parallel.unreplicate(variables, "pmap")
-    else:  # Replicated or (fsdp) split over this process's devices: the whole array either way.
-        variables = jax.device_get(variables)
-    model = trainer.method.build_model(trainer.config, trainer.info.num_classes, None)
-    return Restored(trainer.config, int(step), model, variables)
 
 
 # -- torchvision ---------------------------------------------------------------------------------
@@ -168,7 +119,7 @@ def torchvision_state_dict(params: dict, batch_stats: dict, stage_sizes: Sequenc
     return tensors
 
 
-def save_torchvision(path: str, restored: Restored) -> dict[str, np.ndarray]:
+def save_torchvision(path: str, restored: checkpoints.Restored) -> dict[str, np.ndarray]:
     """Writes the ResNet encoder of `restored` as a torchvision state_dict in safetensors;
     returns the tensors written."""
     from safetensors.numpy import save
@@ -296,7 +247,7 @@ def name_map(names: Sequence[str], config: ml_collections.ConfigDict) -> dict[st
     return {"big_vision": mapped, "unmapped": unmapped}
 
 
-def save_npz(path: str, restored: Restored) -> dict[str, np.ndarray]:
+def save_npz(path: str, restored: checkpoints.Restored) -> dict[str, np.ndarray]:
     """Writes every variable of `restored` to `path` and the names, step and config beside it
     (`side_file`); returns the arrays written."""
     arrays = flatten(restored.variables)
@@ -312,7 +263,7 @@ def save_npz(path: str, restored: Restored) -> dict[str, np.ndarray]:
 # -- the command line ----------------------------------------------------------------------------
 
 
-def export(workdir: str, export_format: str, output: str) -> Restored:
+def export(workdir: str, export_format: str, output: str) -> checkpoints.Restored:
     """Restores `workdir`'s newest checkpoint and writes it to `output` in `export_format`."""
     if export_format not in FORMATS:
         raise ValueError(f"unknown --format {export_format!r}; choose one of {FORMATS}")
@@ -322,8 +273,8 @@ def export(workdir: str, export_format: str, output: str) -> Restored:
         except ImportError as error:
             raise ValueError("--format=torchvision writes safetensors, which is not installed: "
                              "pip install -e '.[export]'") from error
-        check_resnet(load_config(workdir))
-    restored = restore(workdir)
+        check_resnet(checkpoints.load_config(workdir))
+    restored = checkpoints.restore(workdir)
     (save_torchvision if export_format == "torchvision" else save_npz)(output, restored)
     return restored
 
@@ -348,10 +299,8 @@ def main(argv: Sequence[str]) -> None:
     """Exports, printing one line; bad input ends with one `error:` line and status 1."""
     try:
         values = parse_flags(argv)
-        import tensorflow as tf
-        tf.config.set_visible_devices([], "GPU")  # tf.data only; the accelerators are JAX's.
         restored = export(values.workdir, values.format, values.output)
-    except (flags.Error, ValueError, OSError) as error:  # data_sources.DataError included
+    except (flags.Error, ValueError, OSError) as error:  # CheckpointError included
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
     print(f"exported step {restored.step} of {values.workdir} to {values.output} "

@@ -17,7 +17,6 @@ flags of `contrastive_jax.main`, multi-process ones included.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
@@ -42,10 +41,6 @@ if TYPE_CHECKING:
 
 METRIC = "linear_eval_top1"
 EncodeFn = Callable[[Any, jax.Array], jax.Array]
-
-
-class NoCheckpointError(ValueError):
-    """The workdir holds no checkpoint to evaluate."""
 
 
 @flax.struct.dataclass
@@ -237,7 +232,9 @@ def _log_every(total_steps: int) -> int:
 def train_head(config: ml_collections.ConfigDict, variables, encode_fn: EncodeFn, *,
                num_classes: int, num_train_examples: int, mesh) -> HeadState:
     """Trains the linear head on the frozen encoder; returns its final state (device form)."""
-    kind, eval_config = config.parallel, config.eval
+    from contrastive_jax import train
+
+    kind, eval_config = train.layout_kind(config), config.eval
     total_steps = num_steps(num_train_examples, eval_config.linear_eval_epochs,
                             eval_config.linear_eval_batch_size)
     tx, schedule = head_optimizer(eval_config, total_steps)
@@ -267,12 +264,14 @@ def linear_eval(config: ml_collections.ConfigDict, variables, encode_fn: EncodeF
                 mesh=None) -> dict[str, float]:
     """SimCLR's linear evaluation of the frozen encoder `encode_fn(variables, images)`.
 
-    `variables` are replicated in `config.parallel`'s form (as `Trainer.initial_state` holds
-    them) and left untouched. Trains the head for `eval.linear_eval_epochs` on the training
-    split, returns {"linear_eval_top1": accuracy on the evaluation split}.
+    `variables` are replicated in the form of `train.layout_kind(config)` (as
+    `Trainer.evaluation_variables` gives them) and left untouched. Trains the head for
+    `eval.linear_eval_epochs` on the training split, returns {"linear_eval_top1": accuracy on
+    the evaluation split}.
     """
-    from contrastive_jax import data_sources, input_pipeline
+    from contrastive_jax import data_sources, input_pipeline, train
 
+    kind = train.layout_kind(config)
     info = data_sources.dataset_info(config.data)
     validate(config, info.num_classes)
     mesh = mesh if mesh is not None else parallel.make_mesh()
@@ -280,9 +279,8 @@ def linear_eval(config: ml_collections.ConfigDict, variables, encode_fn: EncodeF
                        num_train_examples=info.num_train_examples, mesh=mesh)
     batches = input_pipeline.eval_iterator(config.data, config.data.get("eval_split", "test"),
                                            global_batch_size=config.eval.batch_size)
-    out = evaluate.extract(top1_extractor(encode_fn, info.num_classes, config.parallel, mesh),
-                           {"encoder": variables, "head": state.params}, batches,
-                           config.parallel, mesh)
+    out = evaluate.extract(top1_extractor(encode_fn, info.num_classes, kind, mesh),
+                           {"encoder": variables, "head": state.params}, batches, kind, mesh)
     return {METRIC: float(np.mean(out["correct"]))}
 
 
@@ -290,30 +288,31 @@ def trainer_linear_eval(trainer: train.Trainer, state: train.TrainState
                         ) -> dict[str, float]:
     """`linear_eval` of a `train.Trainer`'s state: its config, method's encoder and mesh."""
     encoder_model = trainer.method.build_model(trainer.config, trainer.info.num_classes, None)
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    return linear_eval(trainer.config, variables, trainer.method.encoder_features(encoder_model),
-                       mesh=trainer.mesh)
+    return linear_eval(trainer.config, trainer.evaluation_variables(state),
+                       trainer.method.encoder_features(encoder_model), mesh=trainer.mesh)
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> tuple[int, dict]:
     """Linear evaluation of the newest checkpoint in `workdir`, appended to its metrics.jsonl
-    at the checkpoint's step; returns (step, results)."""
-    from contrastive_jax import train
+    at the checkpoint's step; returns (step, results). `config` must be the workdir's in
+    every checkpoint-defining entry; nothing else of the workdir is read or written."""
+    from contrastive_jax import checkpoints, methods, train
 
-    missing = NoCheckpointError(
-        f"no checkpoint in {os.path.join(workdir, 'checkpoints')}: train first with python -m "
-        f"contrastive_jax.main --config=<the same config> --workdir={workdir}")
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-        raise missing
-    trainer = train.Trainer(config, workdir, own_workdir=False)  # config.json stays as it is.
-    step = trainer.checkpoints.latest_step()
-    if step is None:
-        raise missing
-    results = trainer_linear_eval(trainer, trainer.initial_state())
-    writer = MetricWriter(workdir)
-    writer.write(step, results)
+    train.check_fields(config)
+    if not checkpoints.has_checkpoints(workdir):
+        raise checkpoints.NoCheckpointError(
+            f"no checkpoint in {checkpoints.checkpoint_dir(workdir)}: train first with python "
+            f"-m contrastive_jax.main --config=<the same config> --workdir={workdir}")
+    checkpoints.check_config(workdir, config, write=False)
+    writer = MetricWriter(workdir, start_step=None)
+    restored = checkpoints.restore(workdir)
+    mesh = parallel.make_mesh()
+    variables = parallel.replicate(restored.variables, train.layout_kind(config), mesh)
+    encode_fn = methods.get(config.method).encoder_features(restored.model)
+    results = linear_eval(config, variables, encode_fn, mesh=mesh)
+    writer.write(restored.step, results)
     writer.close()
-    return step, results
+    return restored.step, results
 
 
 def run_cli(argv: Sequence[str]) -> None:
@@ -328,7 +327,7 @@ def run_cli(argv: Sequence[str]) -> None:
     flags = training_cli.FLAGS
     try:
         step, results = evaluate_workdir(flags.config, flags.workdir)
-    except (ValueError, FloatingPointError) as error:  # data_sources.DataError included
+    except (ValueError, FloatingPointError, OSError) as error:  # DataError, CheckpointError
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
     if jax.process_index() == 0:

@@ -73,14 +73,20 @@ class MetricWriter:
     """Appends metrics to DIR/metrics.jsonl and writes them to clu's writers.
 
     `start_step` is the step the run starts from (the restored checkpoint's, 0 for a new run):
-    rows logged after it are dropped, since the run logs those steps again. `clu_writer` is the
+    rows logged after it are dropped, since the run logs those steps again; None appends to the
+    rows there (linear evaluation of a trained workdir). `clu_writer` is the
     clu writer itself (TensorBoard events on process 0, the log), for clu's periodic actions.
     """
 
-    def __init__(self, workdir: str, start_step: int = 0):
+    def __init__(self, workdir: str, start_step: int | None = 0):
         primary = jax.process_index() == 0
         self._path = os.path.join(workdir, "metrics.jsonl") if primary else None
-        if primary:
+        if primary and start_step is None:
+            try:  # Unwritable: say so before the work whose result would be lost.
+                open(self._path, "a", encoding="utf-8").close()
+            except OSError as error:
+                raise OSError(f"cannot write {self._path}: {error.strerror or error}") from error
+        elif primary:
             os.makedirs(workdir, exist_ok=True)
             _keep_rows_up_to(self._path, start_step)
         try:  # TensorFlow: imported by runs that write, not plots.

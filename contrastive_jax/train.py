@@ -8,9 +8,7 @@ the same parameters as one that was never stopped.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 import tempfile
 import time
@@ -29,8 +27,8 @@ from absl import logging as absl_logging
 from clu import parameter_overview
 from jax.sharding import NamedSharding, PartitionSpec
 
-from contrastive_jax import (config_checks, evaluators, files, fsdp, grad_cache, methods, optim,
-                             parallel)
+from contrastive_jax import (checkpoints, config_checks, evaluators, fsdp, grad_cache, methods,
+                             optim, parallel)
 from contrastive_jax import workdir as workdir_lib
 from contrastive_jax.logging import MetricWriter, NoProgressReport
 
@@ -38,21 +36,9 @@ from contrastive_jax.logging import MetricWriter, NoProgressReport
 # written, not at module level, so the state and the step run where TensorFlow is absent:
 # bench.train_step on an accelerator machine.
 
-# Config entries that decide the shapes and meaning of a checkpoint; a workdir whose
-# config.json differs in any of them is refused rather than silently restored.
-CHECKPOINT_DEFINING_KEYS = ("method", "model", "optimizer.name", "data.image_size")
 AUGMENT_ON = ("host", "device")  # Where training views are drawn: tf.data, or the accelerators.
 # How the step runs: one per-device function (parallel.py), or the state split over the devices.
 PARALLEL = (*parallel.KINDS, "fsdp")
-SAVE_TIMEOUT_SECONDS = 600  # Orbax's background commit of one checkpoint (its default: 1200).
-
-
-class ConfigMismatchError(ValueError):
-    """The workdir holds checkpoints of another config."""
-
-
-class CheckpointError(ValueError):
-    """No checkpoint in the workdir restores, or a checkpoint cannot be written."""
 
 
 @flax.struct.dataclass
@@ -268,47 +254,6 @@ def place_state(host_state, shardings, config: ml_collections.ConfigDict, mesh):
     return parallel.replicate(host_state, config.parallel, mesh)
 
 
-def _check_workdir_config(workdir: str, config: ml_collections.ConfigDict, write: bool = True
-                          ) -> ml_collections.ConfigDict | None:
-    """Writes DIR/config.json (if `write`), or refuses a workdir whose checkpoints came from
-    another config. Returns the config that was there before (None for a new workdir)."""
-    path = os.path.join(workdir, "config.json")
-    saved = None
-    checkpoints = os.path.join(workdir, "checkpoints")
-    if not os.path.exists(path) and os.path.isdir(checkpoints) and any(
-            name.isdigit() for name in os.listdir(checkpoints)):
-        raise ConfigMismatchError(
-            f"workdir {workdir} holds checkpoints but no config.json: nothing tells which "
-            f"config they come from; put back {path}, or use a new --workdir")
-    if os.path.exists(path):
-        try:
-            with open(path, encoding="utf-8") as f:
-                saved = ml_collections.ConfigDict(json.load(f))
-        except (OSError, ValueError) as error:
-            raise ConfigMismatchError(f"cannot read {path} ({error}); put back a whole "
-                                      "config.json, or use a new --workdir") from error
-        for key in CHECKPOINT_DEFINING_KEYS:
-            old, new = config_checks.lookup(saved, key), config_checks.lookup(config, key)
-            if _differs(old, new):
-                raise ConfigMismatchError(
-                    f"workdir {workdir} holds checkpoints of another config: {key} was {old}, "
-                    f"now {new}; use a new --workdir")
-    if write and jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with files.atomic_write(path) as f:
-            f.write(config.to_json(indent=2))
-    return saved
-
-
-def _differs(old, new) -> bool:
-    """Whether a checkpoint-defining entry changed. Fields the saved config lacks were added to
-    the code after the run began (at defaults that keep old runs as they were), so an upgrade
-    still resumes its runs; a field that went away counts as a change."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        return any(key not in new or _differs(value, new[key]) for key, value in old.items())
-    return old != new
-
-
 class _Preemption:
     """Says at which step to save and stop after a SIGTERM; every process gets the same answer.
 
@@ -344,31 +289,12 @@ class _Preemption:
                 signal.signal(sig, previous)
 
 
-def _one_line(error: BaseException, limit: int = 300) -> str:
-    """An exception's message on one line (Orbax and TensorStore write several), shortened in
-    the middle: the start says what failed, the end why (TensorStore's OS error)."""
-    text = " ".join(str(error).split()) or type(error).__name__
-    half = limit // 2
-    return text if len(text) <= limit else f"{text[:half]} ... {text[-half:]}"
-
-
-def _set_aside_path(workdir: str, step: int) -> str:
-    """A new path under DIR/unrestorable_checkpoints/ for the checkpoint of `step`."""
-    base = os.path.join(workdir, "unrestorable_checkpoints", str(step))
-    path, n = base, 1
-    while os.path.exists(path):
-        path, n = f"{base}.{n}", n + 1
-    return path
-
-
 class Trainer:
     """Holds what one run needs: the model, the wrapped step, the checkpoint manager."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str,
-                 own_workdir: bool = True):
-        """`own_workdir`: claim the workdir for this run (`workdir_lib`) and write its
-        config.json, as training does; False for commands that read its checkpoints (export,
-        linear_eval), which leave both as they are."""
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+        """Claims `workdir` for this run (`workdir_lib`), refuses it if it holds another
+        config's checkpoints, and writes its config.json."""
         check_fields(config)
         self.info = dataset_info(config.data)
         self.config = config = resolve_steps(config, self.info.num_train_examples)
@@ -399,11 +325,11 @@ class Trainer:
         # gloo's connections, whose reads time out (30 s) when the processes' first compiles
         # finish far apart; a refused process 0 exits and the others stop at their first
         # collective.
-        self.owner_file = (workdir_lib.claim(workdir)
-                           if own_workdir and jax.process_index() == 0 else None)
+        self.owner_file = workdir_lib.claim(workdir) if jax.process_index() == 0 else None
         try:
-            self.saved_config = _check_workdir_config(workdir, config, write=own_workdir)
-            self.checkpoints = self._checkpoint_manager()
+            self.saved_config = checkpoints.check_config(workdir, config, write=True)
+            self.checkpoints = checkpoints.make_manager(workdir,
+                                                        config.get("keep_checkpoints", 3))
         except BaseException:
             self.release_workdir()
             raise
@@ -413,19 +339,6 @@ class Trainer:
         if self.owner_file is not None:
             workdir_lib.release(self.owner_file)
             self.owner_file = None
-
-    def _checkpoint_manager(self) -> ocp.CheckpointManager:
-        # Directories are made in the calling thread, so a full or read-only disk raises at the
-        # save that meets it instead of leaving Orbax's writer threads waiting for a directory
-        # signal that never comes; the background commit gets a bounded time.
-        config, workdir = self.config, self.workdir
-        return ocp.CheckpointManager(
-            os.path.join(os.path.abspath(workdir), "checkpoints"),
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=config.get("keep_checkpoints", 3), create=True,
-                enable_async_checkpointing=True,
-                async_options=ocp.options.AsyncOptions(
-                    timeout_secs=SAVE_TIMEOUT_SECONDS, create_directories_asynchronously=False)))
 
     # -- state in host / device / checkpoint form ------------------------------------------------
 
@@ -437,52 +350,22 @@ class Trainer:
         and saved again. If none restores (another model's checkpoints), nothing is moved and
         the run is refused.
         """
-        steps = sorted(self.checkpoints.all_steps(), reverse=True)
-        if not steps and self.is_fsdp:  # Made split: the whole state need not fit on a device.
-            return jax.jit(self._fresh_state, out_shardings=self.state_shardings)()
-        if not steps:
-            return parallel.replicate(jax.device_get(jax.jit(self._fresh_state)()), self.kind,
-                                      self.mesh)
         abstract = jax.tree.map(
             lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
             self.state_shapes, self.state_shardings)
-        failures: dict[int, str] = {}
-        for step in steps:
-            try:
-                restored = self.checkpoints.restore(step, args=ocp.args.StandardRestore(abstract))
-                break
-            except Exception as error:  # Orbax and TensorStore raise many kinds.
-                failures[step] = _one_line(error, limit=200)
-                # A failed restore can leave the manager's idea of the layout behind (a step
-                # directory without metadata makes it expect several items): a fresh one.
-                self.checkpoints.close()
-                self.checkpoints = self._checkpoint_manager()
-        else:
-            raise CheckpointError(
-                f"no checkpoint in {self.checkpoints.directory} restores with this config ("
-                + "; ".join(f"step {s}: {message}" for s, message in failures.items())
-                + "); checkpoints of another model? use a new --workdir")
-        if failures:
-            self._set_aside(failures)
+        found = checkpoints.restore_newest(self.workdir, abstract)
+        if found is None and self.is_fsdp:  # Made split: the whole state need not fit a device.
+            return jax.jit(self._fresh_state, out_shardings=self.state_shardings)()
+        if found is None:
+            return parallel.replicate(jax.device_get(jax.jit(self._fresh_state)()), self.kind,
+                                      self.mesh)
+        step, restored = found
+        self.checkpoints.reload()  # Newer checkpoints that did not restore were set aside.
         self._warn_if_batch_size_changed(step)
         absl_logging.info("Restored checkpoint at step %d", step)
         if self.kind == "shard_map":
             return restored
         return parallel.replicate(parallel.unreplicate(restored, "shard_map"), "pmap", self.mesh)
-
-    def _set_aside(self, failures: dict[int, str]) -> None:
-        """Moves the checkpoints of these steps out of DIR/checkpoints (process 0), warning."""
-        for step, message in failures.items():
-            target = _set_aside_path(self.workdir, step)
-            absl_logging.warning("checkpoint %d does not restore (%s); moved it to %s and "
-                                 "resuming from the previous one", step, message, target)
-            if jax.process_index() == 0:
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                shutil.move(os.path.join(self.checkpoints.directory, str(step)), target)
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-            multihost_utils.sync_global_devices("contrastive_jax: unrestorable checkpoints moved")
-        self.checkpoints.reload()
 
     def _warn_if_batch_size_changed(self, step: int) -> None:
         old = self.saved_config.get("batch_size") if self.saved_config else None
@@ -503,15 +386,17 @@ class Trainer:
             raise self._save_error(error) from error
 
     def wait_for_saves(self) -> None:
-        """Blocks until the background saves are on disk; raises CheckpointError if one failed."""
+        """Blocks until the background saves are on disk; raises CheckpointError if one
+        failed."""
         try:
             self.checkpoints.wait_until_finished()
         except Exception as error:
             raise self._save_error(error) from error
 
-    def _save_error(self, error: Exception) -> CheckpointError:
-        return CheckpointError(f"cannot write a checkpoint in {self.checkpoints.directory} "
-                               f"(disk full or read-only?): {_one_line(error)}")
+    def _save_error(self, error: Exception) -> checkpoints.CheckpointError:
+        return checkpoints.CheckpointError(
+            f"cannot write a checkpoint in {self.checkpoints.directory} (disk full or "
+            f"read-only?): {checkpoints.one_line(error)}")
 
     # -- evaluation ------------------------------------------------------------------------------
 
@@ -524,11 +409,16 @@ class Trainer:
         """The metrics of the evaluators that `config.eval.evaluators` names, for this state."""
         if self.evaluators is None:
             self.evaluators = self._build_evaluators()
+        return evaluators.run_all(self.evaluators, self.evaluation_variables(state))
+
+    def evaluation_variables(self, state: TrainState) -> dict:
+        """The model's variables as the evaluation functions take them: in the layout of
+        `self.kind`, whole on every device (gathered from fsdp's split state)."""
         variables = {"params": state.params, "batch_stats": state.batch_stats}
-        if self.is_fsdp:  # The evaluation functions take the variables whole on every device.
+        if self.is_fsdp:
             variables = jax.jit(lambda tree: tree, out_shardings=NamedSharding(
                 self.mesh, PartitionSpec()))(variables)
-        return evaluators.run_all(self.evaluators, variables)
+        return variables
 
     # -- the loop --------------------------------------------------------------------------------
 

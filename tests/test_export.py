@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from contrastive_jax import export, methods, parallel, train
+from contrastive_jax import checkpoints, export, methods, parallel, train
 from contrastive_jax.models import resnet
 
 from test_image_text import image_text_config
@@ -130,7 +130,7 @@ def test_vit_and_text_towers_round_trip_through_npz_with_big_vision_names(tmp_pa
     variables = random_variables(
         lambda: method.init_variables(model, config, jax.random.PRNGKey(0)), seed=4)
     path = str(tmp_path / "towers.npz")
-    export.save_npz(path, export.Restored(config, 5, model, variables))
+    export.save_npz(path, checkpoints.Restored(config, 5, model, variables))
     loaded = export.load_npz(path)
     assert jax.tree.structure(loaded) == jax.tree.structure(variables)
     images = np.random.default_rng(5).uniform(0, 1, (2, 16, 16, 3)).astype(np.float32)
@@ -197,7 +197,7 @@ def checkpointed_workdir(tmp_path_factory):
 def assert_exported_resnet_matches(workdir, safetensors_path, step):
     """The torchvision ResNet-18 of the export gives the restored encoder's features;
     returns the restored checkpoint and its encoder (jitted), images and features."""
-    restored = export.restore(workdir)
+    restored = checkpoints.restore(workdir)
     assert restored.step == step
     images = np.random.default_rng(6).uniform(0, 1, (4, 16, 16, 3)).astype(np.float32)
     encode = jax.jit(methods.get("simclr").encoder_features(restored.model))
@@ -249,11 +249,11 @@ def test_a_workdir_trained_two_steps_exports_through_python_m(tmp_path):
 
 
 def test_a_workdir_without_checkpoints_is_refused(tmp_path):
-    with pytest.raises(export.NoCheckpointError, match="is not a training workdir"):
+    with pytest.raises(checkpoints.NoCheckpointError, match="is not a training workdir"):
         export.export(str(tmp_path), "npz", str(tmp_path / "x.npz"))
     with open(tmp_path / "config.json", "w", encoding="utf-8") as f:
         f.write(tiny_config().to_json())
-    with pytest.raises(export.NoCheckpointError, match="no checkpoint in"):
+    with pytest.raises(checkpoints.NoCheckpointError, match="no checkpoint in"):
         export.export(str(tmp_path), "npz", str(tmp_path / "x.npz"))
 
 

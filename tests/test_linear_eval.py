@@ -215,13 +215,17 @@ def test_cli_without_a_checkpoint_says_so_in_one_line_and_exits_1(tmp_path):
     assert not workdir.exists()
 
 
-def test_training_run_ends_with_the_linear_eval_once(tmp_path):
+@pytest.mark.parametrize("parallel_kind", ["shard_map", "fsdp"])
+def test_training_run_ends_with_the_linear_eval_once(tmp_path, parallel_kind):
     """eval.linear_eval=True: the run's last metrics and metrics.jsonl hold linear_eval_top1 at
-    the final step; running the finished workdir again does not repeat it."""
+    the final step; running the finished workdir again does not repeat it; the command's
+    evaluation of the saved checkpoint gives the same accuracy (under fsdp: the run's split
+    state gathered against the checkpoint restored whole) and keeps the run's rows."""
     from test_train import tiny_config
 
     config = tiny_config(**{"total_steps": 2, "eval_every": -1, "eval.linear_eval": True,
-                            "eval.linear_eval_epochs": 0.5, "eval.linear_eval_batch_size": 16})
+                            "eval.linear_eval_epochs": 0.5, "eval.linear_eval_batch_size": 16,
+                            "parallel": parallel_kind})
     workdir = str(tmp_path / "run")
     last = train.train_and_evaluate(config, workdir)
     assert 0.0 <= last["linear_eval_top1"] <= 1.0
@@ -229,3 +233,7 @@ def test_training_run_ends_with_the_linear_eval_once(tmp_path):
     assert rows == [{"step": 2, "linear_eval_top1": last["linear_eval_top1"]}]
     train.train_and_evaluate(config, workdir)
     assert len([row for row in read_metrics(workdir) if "linear_eval_top1" in row]) == 1
+    rows_before = read_metrics(workdir)
+    step, results = linear_eval.evaluate_workdir(config, workdir)
+    assert (step, results) == (2, {"linear_eval_top1": last["linear_eval_top1"]})
+    assert read_metrics(workdir) == [*rows_before, {"step": 2, **results}]

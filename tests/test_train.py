@@ -11,7 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from contrastive_jax import config_defaults, train
+from contrastive_jax import checkpoints, config_defaults, train
 from contrastive_jax.logging import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,7 +86,7 @@ def test_workdir_holds_config_metrics_and_checkpoints(runs):
 
 
 def test_checkpoint_from_another_config_is_refused(runs):
-    with pytest.raises(train.ConfigMismatchError, match="model was"):
+    with pytest.raises(checkpoints.ConfigMismatchError, match="model was"):
         train.Trainer(tiny_config(**{"model.base_width": 8}), runs["shard_map"])
 
 
@@ -97,14 +97,15 @@ def test_a_workdir_from_before_a_model_field_was_added_still_matches(tmp_path):
     saved = json.loads(config.to_json())
     del saved["model"]["zero_init_residual"]
     (tmp_path / "config.json").write_text(json.dumps(saved))
-    train._check_workdir_config(str(tmp_path), config)  # Rewrites config.json whole.
+    checkpoints.check_config(str(tmp_path), config, write=True)  # Rewrites config.json whole.
     (tmp_path / "config.json").write_text(json.dumps(saved))
-    with pytest.raises(train.ConfigMismatchError, match="model was"):
-        train._check_workdir_config(str(tmp_path), tiny_config(**{"model.head_out_dim": 8}))
+    with pytest.raises(checkpoints.ConfigMismatchError, match="model was"):
+        checkpoints.check_config(str(tmp_path), tiny_config(**{"model.head_out_dim": 8}),
+                                 write=True)
     saved["model"]["no_longer_a_field"] = 1
     (tmp_path / "config.json").write_text(json.dumps(saved))
-    with pytest.raises(train.ConfigMismatchError, match="model was"):
-        train._check_workdir_config(str(tmp_path), config)
+    with pytest.raises(checkpoints.ConfigMismatchError, match="model was"):
+        checkpoints.check_config(str(tmp_path), config, write=True)
 
 
 @pytest.mark.parametrize("override,message", [
