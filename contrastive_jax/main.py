@@ -40,9 +40,31 @@ def quiet_library_logs() -> None:
         return
     # ABSLHandler passes records on to its Python handler, which applies the filters.
     # absl's logging.WARNING is its verbosity (-1); records carry Python's levels.
-    logging.get_absl_handler().python_handler.addFilter(
-        lambda record: record.levelno >= python_logging.WARNING or not any(
-            name in record.pathname for name in ("orbax", "tensorstore")))
+    logging.get_absl_handler().python_handler.addFilter(_project_lines)
+
+
+def _project_lines(record: python_logging.LogRecord) -> bool:
+    """Whether a log record reaches the console without --library_logs: not Orbax's or
+    TensorStore's INFO lines, and not the tracebacks that a failed save's threads log (the
+    failure reaches the loop, which ends the run with one error line saying it)."""
+    if not any(name in record.pathname for name in ("orbax", "tensorstore")):
+        return True
+    return record.levelno >= python_logging.WARNING and not record.exc_info
+
+
+def drop_closed_event_loop_reports() -> None:
+    """After a failed Orbax save, TensorStore's callbacks for the writes still in flight call
+    into the save's event loop, which has closed; Python reports each as an unraisable
+    RuntimeError with a traceback (dozens of them, before and around the one error line). They
+    say nothing the error line does not, so they are dropped; any other report is kept."""
+    previous = sys.unraisablehook
+
+    def hook(report) -> None:
+        if not (report.exc_type is RuntimeError and str(report.exc_value) ==
+                "Event loop is closed"):
+            previous(report)
+
+    sys.unraisablehook = hook
 
 
 def _on_pod_or_cluster() -> bool:
@@ -176,6 +198,7 @@ def main(argv) -> None:
         import tensorflow as tf
         tf.config.set_visible_devices([], "GPU")  # tf.data only; the accelerators are JAX's.
     quiet_library_logs()
+    drop_closed_event_loop_reports()
     initialize_distributed()
 
     import jax
