@@ -25,6 +25,8 @@ from typing import Any, Sequence
 from absl import flags
 from ml_collections import config_flags
 
+from contrastive_jax import cli
+
 # Compiling for a slice needs no accelerator here, and should not grab one.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -42,21 +44,7 @@ def parse_flags(argv: Sequence[str]) -> flags.FlagValues:
     flags.DEFINE_bool("alternatives", True, "When the step does not fit, compile single "
                       "changes that might make it fit.", flag_values=values)
     flags.mark_flags_as_required(["config", "topology"], flag_values=values)
-    try:
-        rest = values(list(argv))
-        values.config.get("method")  # A config file that fails to load fails here.
-    except (AttributeError, KeyError) as error:  # ml_collections' unknown --config.key
-        if "has no attribute 'get_config'" in str(error):
-            raise flags.Error("cannot load --config: the file defines no get_config()"
-                              ) from error
-        while error.args and isinstance(error.args[0], BaseException):
-            error = error.args[0]
-        raise flags.Error(f"unknown config key {error.args[0] if error.args else error}"
-                          ) from error
-    except OSError as error:
-        raise flags.Error(f"cannot load --config: {error}") from error
-    if len(rest) > 1:
-        raise flags.Error(f"unexpected arguments: {' '.join(rest[1:])}")
+    cli.parse_absl_flags(argv, values)
     return values
 
 
@@ -134,12 +122,8 @@ def _fitting_alternatives(config, tpu_slice, num_classes: int) -> list[dict[str,
 
 def main(argv: Sequence[str]) -> None:
     """The table and one JSON line; bad input is one `error:` line and exit status 1."""
-    try:
-        values = parse_flags(argv)
-        report = check(values)
-    except (flags.Error, ValueError) as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        sys.exit(1)
+    with cli.errors_as_one_line():
+        report = check(parse_flags(argv))
     print(json.dumps(report), flush=True)
 
 

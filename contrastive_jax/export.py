@@ -39,7 +39,7 @@ import numpy as np
 from absl import flags
 from flax import traverse_util
 
-from contrastive_jax import checkpoints, files
+from contrastive_jax import checkpoints, cli, files
 from contrastive_jax.models import resnet
 
 FORMATS = ("torchvision", "npz")
@@ -289,20 +289,15 @@ def parse_flags(argv: Sequence[str]) -> flags.FlagValues:
                       flag_values=values)
     flags.DEFINE_string("output", None, "File to write.", flag_values=values)
     flags.mark_flags_as_required(["workdir", "format", "output"], flag_values=values)
-    rest = values(list(argv))
-    if len(rest) > 1:
-        raise flags.Error(f"unexpected arguments: {' '.join(rest[1:])}")
+    cli.parse_absl_flags(argv, values)
     return values
 
 
 def main(argv: Sequence[str]) -> None:
     """Exports, printing one line; bad input ends with one `error:` line and status 1."""
-    try:
+    with cli.errors_as_one_line():
         values = parse_flags(argv)
         restored = export(values.workdir, values.format, values.output)
-    except (flags.Error, ValueError, OSError) as error:  # CheckpointError included
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
     print(f"exported step {restored.step} of {values.workdir} to {values.output} "
           f"({values.format})", flush=True)
 

@@ -17,7 +17,6 @@ flags of `contrastive_jax.main`, multi-process ones included.
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
@@ -32,7 +31,7 @@ from absl import app
 from absl import logging as absl_logging
 from jax.sharding import PartitionSpec as P
 
-from contrastive_jax import evaluate, optim, parallel
+from contrastive_jax import cli, evaluate, optim, parallel
 from contrastive_jax.logging import MetricWriter, progress_line
 
 # TensorFlow (augment, input_pipeline) is imported where data is read, as in train.py.
@@ -319,22 +318,19 @@ def run_cli(argv: Sequence[str]) -> None:
     """The command line: `contrastive_jax.main`'s flags, linear evaluation instead of training."""
     from contrastive_jax import main as training_cli
 
-    del argv  # training_cli.parse_flags refused anything beyond the flags.
+    del argv  # cli.absl_flags_parser refused anything beyond the flags.
     import tensorflow as tf
     tf.config.set_visible_devices([], "GPU")  # tf.data only; the accelerators belong to JAX.
     training_cli.quiet_library_logs()
     training_cli.initialize_distributed()
     flags = training_cli.FLAGS
-    try:
+    with cli.errors_as_one_line():
         step, results = evaluate_workdir(flags.config, flags.workdir)
-    except (ValueError, FloatingPointError, OSError) as error:  # DataError, CheckpointError
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
     if jax.process_index() == 0:
         print(f"{METRIC} {results[METRIC]:.4f} (checkpoint at step {step})", flush=True)
 
 
 if __name__ == "__main__":
-    from contrastive_jax import main as training_cli  # Defines the flags.
+    import contrastive_jax.main  # noqa: F401  (defines the flags)
 
-    app.run(run_cli, flags_parser=training_cli.parse_flags)
+    app.run(run_cli, flags_parser=cli.absl_flags_parser)

@@ -9,7 +9,6 @@ a SIGTERM ends it with status 0, after saving a checkpoint once training has beg
 
 from __future__ import annotations
 
-import gc
 import logging as python_logging
 import os
 import signal
@@ -17,6 +16,8 @@ import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from contrastive_jax import cli
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:ARG]).",
                                 lock_config=True)
@@ -112,60 +113,6 @@ def summary_table(workdir: str) -> str:
     return "\n".join(lines)
 
 
-def fail(error: BaseException | str) -> None:
-    """Ends the run with one `error: ...` line on stderr and exit status 1. Of a message of
-    several lines (a traceback inside a config file's error) the last says what went wrong.
-
-    The line is the last output: the tasks of a failed Orbax save log their errors when they
-    are collected, and its background threads may still be printing, so collect them first,
-    point stderr at /dev/null before the line goes out (on a copy of the stream, so no thread
-    can write into or after it), and leave without the interpreter's shutdown (the saves have
-    been waited for).
-    """
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    gc.collect()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    stderr = os.dup(sys.stderr.fileno())
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
-    os.write(stderr, f"error: {lines[-1] if lines else type(error).__name__}\n".encode())
-    os._exit(1)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, with a bad flag, config file or config override reported by `fail`.
-
-    ml_collections raises AttributeError for an unknown `--config.key`, and keeps the error of a
-    config file that does not load until the config is first read: reading it here surfaces it.
-    """
-    try:
-        rest = FLAGS(argv)
-        FLAGS.config.get("method")
-    except (AttributeError, KeyError) as error:
-        if "has no attribute 'get_config'" in str(error):
-            config_file = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")),
-                               "")
-            fail(f"cannot load --config={config_file}: the file defines no get_config()")
-        fail(f"unknown config key {_unknown_key(error)}")
-    except OSError as error:
-        fail(f"cannot load --config={config_flags.get_config_filename(FLAGS['config'])}: "
-             f"{str(error).strip().splitlines()[-1].strip()}")
-    except Exception as error:  # flags.Error, a config file that raises, a bad value type.
-        fail(error)
-    if len(rest) > 1:
-        fail(f"unexpected arguments: {' '.join(rest[1:])} (flags take the form --name=value)")
-    return rest
-
-
-def _unknown_key(error: BaseException) -> str:
-    """`'nosuchkey'` and ml_collections' suggestion, from its KeyError (maybe inside an
-    AttributeError), whose message is a quoted key and a "Did you mean" line."""
-    while error.args and isinstance(error.args[0], BaseException):
-        error = error.args[0]
-    lines = str(error.args[0] if error.args else error).splitlines()
-    return "; ".join(line.strip() for line in lines if line.strip())
-
-
 def _exit_on_sigterm(signum, frame) -> None:
     """SIGTERM before the training loop began: there is nothing new to save, so stop now.
     (Once it begins, train.py's handler takes over and saves first.)
@@ -184,7 +131,7 @@ def _exit_on_sigterm(signum, frame) -> None:
 
 
 def main(argv) -> None:
-    del argv  # parse_flags refused anything beyond the flags.
+    del argv  # cli.absl_flags_parser refused anything beyond the flags.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     signal.signal(signal.SIGINT, _exit_on_sigterm)  # Ctrl-C: as SIGTERM.
     from contrastive_jax import train
@@ -192,7 +139,7 @@ def main(argv) -> None:
         train.check_fields(FLAGS.config)
         train.check_workdir(FLAGS.workdir)
     except ValueError as error:
-        fail(error)
+        cli.fail(error)
     from contrastive_jax import numpy_data
     if numpy_data.tensorflow_available():  # Absent on many GPU images: the device path runs.
         import tensorflow as tf
@@ -208,7 +155,7 @@ def main(argv) -> None:
     try:
         results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except (ValueError, FloatingPointError, OSError) as error:  # DataError, CheckpointError
-        fail(error)
+        cli.fail_now(error)
     if "preempted_at" in results:
         print(f"preempted: checkpoint saved at step {results['preempted_at']}; run the same "
               "command again to resume", flush=True)
@@ -217,4 +164,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=cli.absl_flags_parser)

@@ -9,10 +9,9 @@ One panel each for the loss, the learning rate, and every accuracy or recall the
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 
+from contrastive_jax import cli
 from contrastive_jax.logging import read_metrics
 
 CURVES = ("loss", "learning_rate")
@@ -70,19 +69,16 @@ def plot(workdir: str, out: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("workdir")
     parser.add_argument("--out", default="", help="default: WORKDIR/curves.png")
     args = parser.parse_args(argv)
     out = args.out or os.path.join(args.workdir, "curves.png")
-    try:
-        titles = plot(args.workdir, out)
-    except ImportError:
-        print("error: plotting needs matplotlib: pip install -e '.[plot]'", file=sys.stderr)
-        sys.exit(1)
-    except (ValueError, OSError) as error:  # No metrics; an --out that cannot be written.
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+    with cli.errors_as_one_line():  # No metrics; an --out that cannot be written.
+        try:
+            titles = plot(args.workdir, out)
+        except ImportError as error:
+            raise ValueError("plotting needs matplotlib: pip install -e '.[plot]'") from error
     print(f"wrote {out}: {', '.join(titles)}")
 
 

@@ -9,12 +9,12 @@ Each row is the evaluation (centre-crop) view followed by `--num_views` training
 
 from __future__ import annotations
 
-import argparse
+import os
 from typing import Sequence
 
 import tensorflow as tf
 
-from contrastive_jax import augment, data_sources
+from contrastive_jax import augment, cli, data_sources, files
 
 
 def _grid_row(images: Sequence[tf.Tensor], scale: int, gap: int = 2) -> tf.Tensor:
@@ -34,22 +34,32 @@ def _default_image() -> tf.Tensor:
     return tf.constant(images[0])
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="views.png")
-    parser.add_argument("--image", default=None, help="JPEG/PNG file (default: first demo digit)")
-    parser.add_argument("--num_views", type=int, default=8)
-    parser.add_argument("--rows", type=int, default=2)
-    parser.add_argument("--image_size", type=int, default=None, help="default: the image's side")
-    parser.add_argument("--color_strength", type=float, default=1.0)
-    parser.add_argument("--blur", type=int, default=1, help="1 to blur (p=0.5), 0 for off")
-    parser.add_argument("--solarize_prob", type=float, default=0.0)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    if args.image:
-        image = tf.io.decode_image(tf.io.read_file(args.image), channels=3, expand_animations=False)
-    else:
-        image = _default_image()
+def _read_image(path: str) -> tf.Tensor:
+    """The RGB image in `path`; a missing or undecodable file is a ValueError naming it."""
+    if not os.path.isfile(path):
+        raise ValueError(f"cannot read --image={path}: no such file")
+    try:
+        return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    except tf.errors.OpError as error:
+        raise ValueError(f"cannot read --image={path}: {error.message}") from error
+
+
+def _check(args) -> None:
+    """Refuses arguments outside their range, naming the flag."""
+    for name in ("num_views", "rows"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.image_size is not None and args.image_size < 1:
+        raise ValueError(f"--image_size must be >= 1, got {args.image_size}")
+    if not 0 <= args.solarize_prob <= 1:
+        raise ValueError(f"--solarize_prob must be in [0, 1], got {args.solarize_prob}")
+    if args.color_strength < 0:
+        raise ValueError(f"--color_strength must be >= 0, got {args.color_strength}")
+
+
+def views_png(image: tf.Tensor, args) -> tuple[bytes, int]:
+    """The PNG of `args.rows` rows (the eval view, then `args.num_views` training views) and
+    the views' side."""
     size = args.image_size or int(min(image.shape[0], image.shape[1]))
     scale = max(1, 128 // size)
     rows = []
@@ -64,7 +74,27 @@ def main(argv: Sequence[str] | None = None) -> None:
         rows.append(_grid_row(cells, scale))
     grid = tf.concat(rows, axis=0)
     png = tf.io.encode_png(tf.image.convert_image_dtype(grid, tf.uint8, saturate=True))
-    tf.io.write_file(args.out, png)
+    return png.numpy(), size
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="views.png")
+    parser.add_argument("--image", default=None, help="JPEG/PNG file (default: first demo digit)")
+    parser.add_argument("--num_views", type=int, default=8)
+    parser.add_argument("--rows", type=int, default=2)
+    parser.add_argument("--image_size", type=int, default=None, help="default: the image's side")
+    parser.add_argument("--color_strength", type=float, default=1.0)
+    parser.add_argument("--blur", type=int, default=1, help="1 to blur (p=0.5), 0 for off")
+    parser.add_argument("--solarize_prob", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    with cli.errors_as_one_line():
+        _check(args)
+        image = _read_image(args.image) if args.image else _default_image()
+        png, size = views_png(image, args)
+        with files.atomic_write(args.out, "wb") as f:
+            f.write(png)
     print(f"wrote {args.out}: {args.rows} rows of the eval view + {args.num_views} views, {size}px")
 
 

@@ -23,7 +23,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from absl import app, flags  # noqa: E402
 
-from contrastive_jax import compile_report, tpu_topology  # noqa: E402
+from contrastive_jax import cli, compile_report, tpu_topology  # noqa: E402
 
 flags.DEFINE_list("configs", [], "Config files (configs/NAME.py[:ARG]).")
 flags.DEFINE_list("topologies", [], "TPU slices, e.g. v5e:4x4,v4:2x2x2,v5p:2x2x4.")
@@ -73,4 +73,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(cli.with_one_line_errors(main), flags_parser=cli.absl_flags_parser)

@@ -30,7 +30,7 @@ from typing import Iterator
 import ml_collections
 import tensorflow as tf
 
-from contrastive_jax import data_sources, input_pipeline
+from contrastive_jax import cli, data_sources, input_pipeline
 
 # The reference's CIFAR-10 pretraining settings (its README: --image_size=32
 # --color_jitter_strength=0.5 --use_blur=False); blur, when on, is its batch_random_blur.
@@ -114,7 +114,7 @@ def reference_iterator(reference: ModuleType, cfg: ml_collections.ConfigDict,
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", default="demo")
     parser.add_argument("--data_dir", default="")
     parser.add_argument("--batch_size", type=int, default=256)
@@ -156,7 +156,7 @@ def main(argv=None) -> None:
                                                      seed=0, process_index=0, process_count=1)
         elif case == "reference_two_views":
             if not args.reference_data_util:
-                raise SystemExit("case reference_two_views needs --reference_data_util=PATH")
+                raise ValueError("case reference_two_views needs --reference_data_util=PATH")
             iterator = reference_iterator(load_reference(args.reference_data_util), cfg,
                                           args.batch_size)
         elif case == "eval":
@@ -185,4 +185,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.with_one_line_errors(main)()

@@ -38,7 +38,7 @@ import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
-from contrastive_jax import losses, parallel  # noqa: E402
+from contrastive_jax import cli, losses, parallel  # noqa: E402
 
 flags.DEFINE_integer("devices", 8, "Number of devices (simulated on CPU).")
 flags.DEFINE_integer("dim", 64, "Embedding width d.")
@@ -102,4 +102,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(cli.with_one_line_errors(main), flags_parser=cli.absl_flags_parser)

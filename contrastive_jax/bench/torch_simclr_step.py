@@ -50,6 +50,8 @@ from absl import app, flags
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from contrastive_jax import cli
+
 flags.DEFINE_integer("batch_size", 256, "Images per step (each gives two views).")
 flags.DEFINE_integer("image_size", 224, "Height and width of each view.")
 flags.DEFINE_integer("steps", 10, "Timed steps.")
@@ -204,4 +206,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(cli.with_one_line_errors(main), flags_parser=cli.absl_flags_parser)

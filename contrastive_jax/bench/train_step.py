@@ -27,7 +27,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from contrastive_jax import compile_report, device_input, flops, fsdp, methods, parallel, train
+from contrastive_jax import (cli, compile_report, device_input, flops, fsdp, methods, parallel,
+                             train)
 
 config_flags.DEFINE_config_file("config", "configs/demo.py", "Config whose model is timed.")
 flags.DEFINE_integer("steps", 5, "Timed steps per case.")
@@ -132,4 +133,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(cli.with_one_line_errors(main), flags_parser=cli.absl_flags_parser)

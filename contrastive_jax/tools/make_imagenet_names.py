@@ -12,10 +12,11 @@ pairs of synsets share a first lemma, up to case ("crane", "maillot", "Cardigan"
 
 from __future__ import annotations
 
-import argparse
 import collections
 import os
 import zipfile
+
+from contrastive_jax import cli
 
 SYNSETS = "timm/data/_info/imagenet_synsets.txt"
 LEMMAS = "timm/data/_info/imagenet_synset_to_lemma.txt"
@@ -42,7 +43,7 @@ def class_names(synsets: list[str], lemmas: dict[str, str]) -> list[str]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--wheel", required=True, help="a timm wheel (pip download timm)")
     parser.add_argument("--out", default=OUT)
     args = parser.parse_args(argv)
@@ -60,4 +61,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.with_one_line_errors(main)()
