@@ -103,6 +103,9 @@ def base(method: str = "simclr") -> ml_collections.ConfigDict:
         # weights the positive by its von Mises-Fisher weight at this sigma.
         config.loss.decoupled = "none"
         config.loss.dclw_sigma = 0.5
+        # DCLW's weight out of the gradient (a weight on each positive's term, as lightly has
+        # it); False differentiates it (the behaviour before this field existed).
+        config.loss.dclw_detach_weight = True
     if method == "supcon":
         # SupContrast scales its loss by temperature / base_temperature.
         config.loss.base_temperature = 0.07
