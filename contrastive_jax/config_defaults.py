@@ -148,6 +148,9 @@ def _add_swav_fields(config: ml_collections.ConfigDict) -> None:
     config.model.head_layers = 2
     config.model.head_hidden_dim = 2048
     config.model.head_out_dim = 128
+    # The projector ends in its last Dense, as the reference's; True adds SimCLR's output
+    # BatchNorm (this project's SwAV head before the field existed).
+    config.model.swav_output_bn = False
     config.optimizer.learning_rate = 0.6
 
 
@@ -176,6 +179,10 @@ def _add_byol_fields(config: ml_collections.ConfigDict) -> None:
     config.model.head_out_dim = 256
     config.model.predictor_layers = 2  # Predictor: the projector's shape, 256 -> 4096 -> 256.
     config.model.predictor_hidden_dim = 4096
+    # Where the MLPs' Dense layers have biases: "hidden" (before each BatchNorm, none on the
+    # output: the reference's haiku MLP) or "output" (the reverse: SimSiam's predictor, and
+    # this project's BYOL before the field existed).
+    config.model.mlp_bias = "hidden"
     config.optimizer.name = "lars"
     config.optimizer.learning_rate = 0.2  # x B / 256.
     config.optimizer.weight_decay = 1.5e-6
@@ -190,6 +197,7 @@ def _add_simsiam_fields(config: ml_collections.ConfigDict) -> None:
     config.model.head_out_dim = 2048
     config.model.predictor_layers = 2  # Predictor: the bottleneck 2048 -> 512 -> 2048.
     config.model.predictor_hidden_dim = 512
+    config.model.zero_init_residual = True  # The reference's ResNet (zero_init_residual=True).
     config.optimizer.name = "sgd"
     config.optimizer.learning_rate = 0.05  # x B / 256.
     config.optimizer.weight_decay = 1e-4
@@ -206,11 +214,15 @@ def _add_moco_v3_fields(config: ml_collections.ConfigDict) -> None:
     config.model.depth = ml_collections.config_dict.placeholder(int)  # None: the variant's
     config.model.pool = "cls"
     config.model.freeze_patch_embed = True  # ViT only: the patch projection stays at its init.
+    config.model.zero_init_residual = True  # ResNet only, as the reference builds it.
     config.model.head_layers = 3  # Projector; its last BatchNorm has no scale or bias.
     config.model.head_hidden_dim = 4096
     config.model.head_out_dim = 256
     config.model.predictor_layers = 2  # Predictor: 256 -> 4096 -> 256.
     config.model.predictor_hidden_dim = 4096
+    # The predictor's last BatchNorm (no scale or bias): None takes the reference's for the
+    # backbone, on after a ViT and off after a ResNet; runs from before the field had it off.
+    config.model.predictor_output_bn = ml_collections.config_dict.placeholder(bool)
     config.loss.temperature = 0.2
     config.loss.multiplier = ml_collections.config_dict.placeholder(float)  # None: 2 x T
     config.loss.momentum = 0.99  # Momentum-encoder EMA m, raised to 1 on a cosine.
