@@ -95,6 +95,9 @@ def base(method: str = "simclr") -> ml_collections.ConfigDict:
     config.eval.linear_eval_learning_rate = 0.1  # Base: peak = base * B / 256, cosine, no warmup.
     config.eval.linear_eval_momentum = 0.9  # Nesterov.
     config.eval.linear_eval_crop_area_min = 0.08
+    # The optimizer: "simclr" (Nesterov SGD, above) or "lars" (SimSiam's main_lincls --lars:
+    # LARC over momentum SGD at the same base lr, batch and cosine).
+    config.eval.linear_eval_protocol = "simclr"
     if method == "simclr":
         # Multiplies NT-Xent (the mean over 2N anchors): 2.0 is the reference's loss, the sum
         # of its two directions' means.
@@ -198,6 +201,7 @@ def _add_simsiam_fields(config: ml_collections.ConfigDict) -> None:
     config.model.predictor_layers = 2  # Predictor: the bottleneck 2048 -> 512 -> 2048.
     config.model.predictor_hidden_dim = 512
     config.model.zero_init_residual = True  # The reference's ResNet (zero_init_residual=True).
+    config.eval.linear_eval_protocol = "lars"  # main_lincls.py --lars, batch 4096, base lr 0.1.
     config.optimizer.name = "sgd"
     config.optimizer.learning_rate = 0.05  # x B / 256.
     config.optimizer.weight_decay = 1e-4
