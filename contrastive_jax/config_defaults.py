@@ -72,6 +72,11 @@ def base(method: str = "simclr") -> ml_collections.ConfigDict:
     config.optimizer.warmup_epochs = 10.0
     config.optimizer.schedule = "cosine"
     config.optimizer.grad_clip_norm = 0.0
+    # Biases and norm parameters out of weight decay and LARS's adaptation (SimCLR's); False
+    # decays and adapts every parameter (MoCo v2's and SupContrast's SGD, SwAV's LARC).
+    config.optimizer.exclude_bias_and_norm = True
+    config.optimizer.lars_trust_coefficient = 1e-3  # LARS's eta.
+    config.optimizer.lars_clip = False  # LARC's clip mode: adapted rate at most lr (solo-learn).
 
     config.loss = ml_collections.ConfigDict()
     config.loss.temperature = 0.5
@@ -131,8 +136,8 @@ def base(method: str = "simclr") -> ml_collections.ConfigDict:
 
 def _add_swav_fields(config: ml_collections.ConfigDict) -> None:
     """SwAV's defaults (Caron et al. 2020 and its reference code): 3,000 prototypes, T = 0.1,
-    Sinkhorn epsilon 0.05 with 3 iterations, projection 2048-128 with BatchNorm, LARS at
-    0.6 x B/256 (the CIFAR-scale runs of the PyTorch SSL libraries), wd 1e-6."""
+    Sinkhorn epsilon 0.05 with 3 iterations, projection 2048-128 (BN in the hidden layer),
+    LARS at 0.6 x B/256 (the CIFAR-scale runs of the PyTorch SSL libraries), wd 1e-6."""
     config.loss.temperature = 0.1
     config.loss.num_prototypes = 3000
     config.loss.sinkhorn_epsilon = 0.05
