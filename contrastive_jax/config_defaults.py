@@ -207,6 +207,7 @@ def _add_simsiam_fields(config: ml_collections.ConfigDict) -> None:
     config.model.predictor_hidden_dim = 512
     config.model.zero_init_residual = True  # The reference's ResNet (zero_init_residual=True).
     config.eval.linear_eval_protocol = "lars"  # main_lincls.py --lars, batch 4096, base lr 0.1.
+    config.optimizer.exclude_bias_and_norm = False  # The reference's SGD decays every parameter.
     config.optimizer.name = "sgd"
     config.optimizer.learning_rate = 0.05  # x B / 256.
     config.optimizer.weight_decay = 1e-4
@@ -237,6 +238,7 @@ def _add_moco_v3_fields(config: ml_collections.ConfigDict) -> None:
     config.loss.momentum = 0.99  # Momentum-encoder EMA m, raised to 1 on a cosine.
     config.loss.momentum_schedule = "cosine"  # or "constant"
     config.optimizer.name = "adamw"
+    config.optimizer.exclude_bias_and_norm = False  # The reference's AdamW decays every parameter.
     config.optimizer.learning_rate = 1.5e-4  # x B / 256
     config.optimizer.weight_decay = 0.1
     config.optimizer.warmup_epochs = 40.0

@@ -21,8 +21,7 @@ paper's fix for the instability of ViT training, section 4.2): `frozen_params` m
 optimizer gives it no update at all (train.make_optimizer, optim.freeze).
 
 Differences from the reference: the ViT's position embeddings are learned, not fixed 2-D
-sin-cos; the patch projection keeps flax's initialisation; weight decay skips biases and norm
-scales (the reference's AdamW decays every parameter); without its last BatchNorm (a ResNet
+sin-cos; the patch projection keeps flax's initialisation; without its last BatchNorm (a ResNet
 backbone, or `model.predictor_output_bn = False`) the predictor's output Dense has a bias
 (heads.BatchNormMLP's form; the reference's has none).
 """
