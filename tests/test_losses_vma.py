@@ -127,3 +127,21 @@ def test_values_and_gradients_equal_unsharded_under_both_vma_settings(name):
         np.testing.assert_allclose(on, off, rtol=1e-6, atol=1e-7)
     if name.startswith(("clip", "siglip")):  # The scale (and bias) gradients are checked.
         assert np.all(np.abs(want_grads[2][: 1 if name == "clip_loss" else 2]) > 1e-4)
+
+
+@pytest.mark.parametrize("name,loss_fn", [
+    ("nt_xent", lambda a, b, s, ax: losses.nt_xent(a, b, 0.5, axis_name=ax, with_metrics=True)),
+    ("siglip_ring", lambda a, b, s, ax: losses.siglip_loss(
+        a, b, s[0], s[1], axis_name=ax, impl="ring", with_metrics=True)),
+])
+def test_metrics_under_check_vma_equal_unsharded(name, loss_fn):
+    a, b, shared, _ = _inputs()
+    b = a + 0.8 * b  # Some positives win, some lose.
+    _, want = jax.jit(lambda a, b, s: loss_fn(a, b, s, None))(a, b, shared)
+    mesh = parallel.make_mesh(jax.devices()[:NUM_DEVICES])
+    per_device = lambda a, b, s: jax.lax.pmean(loss_fn(a, b, s, AXIS)[1], AXIS)  # noqa: E731
+    got = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(AXIS), P(AXIS), P()),
+                                out_specs=P(), check_vma=True))(a, b, shared)
+    assert 0.0 < want["contrastive_top1"] < 1.0, name
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-5, err_msg=key)
