@@ -24,6 +24,7 @@ def get_config(arg=None):
     config.num_epochs = 1000.0
     config_defaults.imagenet_run(config)
     config_defaults.byol_views(config)
+    config.model.zero_init_residual = True  # The reference's blocks end in a BN scaled by 0.
 
     config.optimizer.learning_rate = 0.2
     config.optimizer.weight_decay = 1.5e-6

@@ -28,6 +28,7 @@ def get_config(arg=None):
     config.optimizer.learning_rate = 0.06
     config.optimizer.lr_scaling = "linear"
     config.optimizer.weight_decay = 5e-4
+    config.optimizer.exclude_bias_and_norm = False  # The reference decays every parameter.
     config.optimizer.warmup_epochs = 0.0
 
     config.loss.temperature = 0.1

@@ -30,6 +30,7 @@ def get_config(arg=None):
     config.optimizer.learning_rate = 0.03
     config.optimizer.lr_scaling = "linear"
     config.optimizer.weight_decay = 1e-4
+    config.optimizer.exclude_bias_and_norm = False  # The reference decays every parameter.
     config.optimizer.momentum = 0.9
     config.optimizer.warmup_epochs = 0.0
 

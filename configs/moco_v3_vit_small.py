@@ -6,8 +6,9 @@ Study of Training Self-Supervised Vision Transformers", appendix; the moco-v3 re
 
 Batch 4096, AdamW lr 1.5e-4 x B / 256 = 2.4e-3 (betas 0.9, 0.999), weight decay 0.1, 40 warmup
 epochs then cosine decay, 300 epochs; T = 0.2 and the loss times 2T; the momentum encoder's m
-rises from 0.99 to 1 on a cosine; projector 384-4096-4096-256 (BatchNorm, the last without
-scale or bias), predictor 256-4096-256, BatchNorm synchronised over all devices; the patch
+rises from 0.99 to 1 on a cosine; weight decay on every parameter; projector
+384-4096-4096-256 (BatchNorm, the last without scale or bias), predictor 256-4096-256 ending
+in BatchNorm without scale or bias, BatchNorm synchronised over all devices; the patch
 projection frozen at its random initialisation; the class token's final state is the feature.
 Views as BYOL's, which the reference uses: crops of 8-100% of the area at 224x224, colour
 jitter with p = 0.8, grayscale p = 0.2, Gaussian blur on view 1 always and on view 2 with
@@ -15,9 +16,8 @@ p = 0.1, solarisation on view 2 with p = 0.2; bfloat16 compute. Written for a TP
 (launch/tpu_pod.sh) reading tfds:imagenet2012 prepared in data_dir.
 
 Approximations: colour strength 0.5 gives jitter (0.4, 0.4, 0.4, 0.1), the reference's
-saturation is 0.2; the ViT's position embeddings are learned (the reference's are fixed 2-D
-sin-cos); weight decay skips biases and norm scales; the predictor's output layer has a bias
-(see contrastive_jax/methods/moco_v3.py).
+saturation is 0.2; the ViT's position embeddings are learned, the reference's fixed 2-D
+sin-cos (see contrastive_jax/methods/moco_v3.py).
 """
 
 from contrastive_jax import config_defaults

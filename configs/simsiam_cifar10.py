@@ -10,8 +10,9 @@ projector has 2 layers on CIFAR (2048 wide, BatchNorm on both, the last without 
 predictor the 2048 -> 512 -> 2048 bottleneck, its learning rate kept fixed
 (`optimizer.fixed_lr_params`). Augmentations are the paper's ImageNet ones without blur at
 32x32: crops of 20-100% of the area, colour jitter 0.4 / 0.4 / 0.4 / 0.1 with p = 0.8 (colour
-strength 0.5), grayscale p = 0.2. The reference decays BatchNorm parameters and biases too;
-optim.py never does.
+strength 0.5), grayscale p = 0.2. Weight decay covers BatchNorm parameters and biases too, as
+the reference's SGD (`optimizer.exclude_bias_and_norm = False`). Linear evaluation is the
+reference's LARS protocol (`eval.linear_eval_protocol = "lars"`).
 """
 
 from contrastive_jax import config_defaults

@@ -32,6 +32,7 @@ def get_config(arg=None):
     config.optimizer.learning_rate = 0.5
     config.optimizer.lr_scaling = "none"
     config.optimizer.weight_decay = 1e-4
+    config.optimizer.exclude_bias_and_norm = False  # The reference decays every parameter.
     config.optimizer.warmup_epochs = 10.0
 
     config.loss.temperature = 0.1

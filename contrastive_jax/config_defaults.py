@@ -72,6 +72,11 @@ def base(method: str = "simclr") -> ml_collections.ConfigDict:
     config.optimizer.warmup_epochs = 10.0
     config.optimizer.schedule = "cosine"
     config.optimizer.grad_clip_norm = 0.0
+    # Biases and norm parameters out of weight decay and LARS's adaptation (SimCLR's); False
+    # decays and adapts every parameter (MoCo v2's and SupContrast's SGD, SwAV's LARC).
+    config.optimizer.exclude_bias_and_norm = True
+    config.optimizer.lars_trust_coefficient = 1e-3  # LARS's eta.
+    config.optimizer.lars_clip = False  # LARC's clip mode: adapted rate at most lr (solo-learn).
 
     config.loss = ml_collections.ConfigDict()
     config.loss.temperature = 0.5
@@ -95,6 +100,9 @@ def base(method: str = "simclr") -> ml_collections.ConfigDict:
     config.eval.linear_eval_learning_rate = 0.1  # Base: peak = base * B / 256, cosine, no warmup.
     config.eval.linear_eval_momentum = 0.9  # Nesterov.
     config.eval.linear_eval_crop_area_min = 0.08
+    # The optimizer: "simclr" (Nesterov SGD, above) or "lars" (SimSiam's main_lincls --lars:
+    # LARC over momentum SGD at the same base lr, batch and cosine).
+    config.eval.linear_eval_protocol = "simclr"
     if method == "simclr":
         # Multiplies NT-Xent (the mean over 2N anchors): 2.0 is the reference's loss, the sum
         # of its two directions' means.
@@ -103,6 +111,9 @@ def base(method: str = "simclr") -> ml_collections.ConfigDict:
         # weights the positive by its von Mises-Fisher weight at this sigma.
         config.loss.decoupled = "none"
         config.loss.dclw_sigma = 0.5
+        # DCLW's weight out of the gradient (a weight on each positive's term, as lightly has
+        # it); False differentiates it (the behaviour before this field existed).
+        config.loss.dclw_detach_weight = True
     if method == "supcon":
         # SupContrast scales its loss by temperature / base_temperature.
         config.loss.base_temperature = 0.07
@@ -125,8 +136,8 @@ def base(method: str = "simclr") -> ml_collections.ConfigDict:
 
 def _add_swav_fields(config: ml_collections.ConfigDict) -> None:
     """SwAV's defaults (Caron et al. 2020 and its reference code): 3,000 prototypes, T = 0.1,
-    Sinkhorn epsilon 0.05 with 3 iterations, projection 2048-128 with BatchNorm, LARS at
-    0.6 x B/256 (the CIFAR-scale runs of the PyTorch SSL libraries), wd 1e-6."""
+    Sinkhorn epsilon 0.05 with 3 iterations, projection 2048-128 (BN in the hidden layer),
+    LARS at 0.6 x B/256 (the CIFAR-scale runs of the PyTorch SSL libraries), wd 1e-6."""
     config.loss.temperature = 0.1
     config.loss.num_prototypes = 3000
     config.loss.sinkhorn_epsilon = 0.05
@@ -145,6 +156,9 @@ def _add_swav_fields(config: ml_collections.ConfigDict) -> None:
     config.model.head_layers = 2
     config.model.head_hidden_dim = 2048
     config.model.head_out_dim = 128
+    # The projector ends in its last Dense, as the reference's; True adds SimCLR's output
+    # BatchNorm (this project's SwAV head before the field existed).
+    config.model.swav_output_bn = False
     config.optimizer.learning_rate = 0.6
 
 
@@ -173,6 +187,10 @@ def _add_byol_fields(config: ml_collections.ConfigDict) -> None:
     config.model.head_out_dim = 256
     config.model.predictor_layers = 2  # Predictor: the projector's shape, 256 -> 4096 -> 256.
     config.model.predictor_hidden_dim = 4096
+    # Where the MLPs' Dense layers have biases: "hidden" (before each BatchNorm, none on the
+    # output: the reference's haiku MLP) or "output" (the reverse: SimSiam's predictor, and
+    # this project's BYOL before the field existed).
+    config.model.mlp_bias = "hidden"
     config.optimizer.name = "lars"
     config.optimizer.learning_rate = 0.2  # x B / 256.
     config.optimizer.weight_decay = 1.5e-6
@@ -187,6 +205,9 @@ def _add_simsiam_fields(config: ml_collections.ConfigDict) -> None:
     config.model.head_out_dim = 2048
     config.model.predictor_layers = 2  # Predictor: the bottleneck 2048 -> 512 -> 2048.
     config.model.predictor_hidden_dim = 512
+    config.model.zero_init_residual = True  # The reference's ResNet (zero_init_residual=True).
+    config.eval.linear_eval_protocol = "lars"  # main_lincls.py --lars, batch 4096, base lr 0.1.
+    config.optimizer.exclude_bias_and_norm = False  # The reference's SGD decays every parameter.
     config.optimizer.name = "sgd"
     config.optimizer.learning_rate = 0.05  # x B / 256.
     config.optimizer.weight_decay = 1e-4
@@ -203,16 +224,21 @@ def _add_moco_v3_fields(config: ml_collections.ConfigDict) -> None:
     config.model.depth = ml_collections.config_dict.placeholder(int)  # None: the variant's
     config.model.pool = "cls"
     config.model.freeze_patch_embed = True  # ViT only: the patch projection stays at its init.
+    config.model.zero_init_residual = True  # ResNet only, as the reference builds it.
     config.model.head_layers = 3  # Projector; its last BatchNorm has no scale or bias.
     config.model.head_hidden_dim = 4096
     config.model.head_out_dim = 256
     config.model.predictor_layers = 2  # Predictor: 256 -> 4096 -> 256.
     config.model.predictor_hidden_dim = 4096
+    # The predictor's last BatchNorm (no scale or bias): None takes the reference's for the
+    # backbone, on after a ViT and off after a ResNet; runs from before the field had it off.
+    config.model.predictor_output_bn = ml_collections.config_dict.placeholder(bool)
     config.loss.temperature = 0.2
     config.loss.multiplier = ml_collections.config_dict.placeholder(float)  # None: 2 x T
     config.loss.momentum = 0.99  # Momentum-encoder EMA m, raised to 1 on a cosine.
     config.loss.momentum_schedule = "cosine"  # or "constant"
     config.optimizer.name = "adamw"
+    config.optimizer.exclude_bias_and_norm = False  # The reference's AdamW decays every parameter.
     config.optimizer.learning_rate = 1.5e-4  # x B / 256
     config.optimizer.weight_decay = 0.1
     config.optimizer.warmup_epochs = 40.0

@@ -8,6 +8,11 @@ training image (no colour distortion), runs the frozen encoder on it in inferenc
 linear layer with Nesterov SGD (momentum 0.9, lr = base x B / 256, cosine decay to 0 without
 warmup, no weight decay). Test accuracy is on the centre-cropped evaluation split.
 
+`eval.linear_eval_protocol = "lars"` takes SimSiam's optimizer instead (facebookresearch/simsiam
+main_lincls.py with --lars: SGD with momentum 0.9, not Nesterov, wrapped in LARC with trust
+coefficient 1e-3 and no clipping over both weight and bias, lr = base x B / 256 on the same
+cosine, no weight decay); the data, the schedule and the zero-initialised head are shared.
+
     python -m contrastive_jax.linear_eval --config=configs/X.py --workdir=DIR [--config.k=v]
 
 restores the newest checkpoint of DIR (trained with the same config), runs the protocol and
@@ -74,14 +79,24 @@ def num_steps(num_examples: int, epochs: float, batch_size: int) -> int:
     return int(num_examples * epochs // batch_size) + 1
 
 
+PROTOCOLS = ("simclr", "lars")  # eval.linear_eval_protocol
+
+
 def head_optimizer(eval_config: ml_collections.ConfigDict, total_steps: int
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """Nesterov SGD with lr = base x B / 256 decayed to 0 on a cosine over `total_steps`, no
-    warmup and no weight decay."""
+    """lr = base x B / 256 decayed to 0 on a cosine over `total_steps`, no warmup and no weight
+    decay: Nesterov SGD ("simclr"), or LARC-adapted momentum SGD ("lars", SimSiam's: each
+    parameter's gradient times 1e-3 ||p|| / ||g|| (1 where either is 0), then momentum, then
+    the learning rate, as torch.optim.SGD applies it to the momentum buffer)."""
     peak = optim.scale_learning_rate(eval_config.linear_eval_learning_rate,
                                      eval_config.linear_eval_batch_size, "linear")
     schedule = optax.cosine_decay_schedule(peak, total_steps)
-    return optax.sgd(schedule, momentum=eval_config.linear_eval_momentum, nesterov=True), schedule
+    momentum = eval_config.linear_eval_momentum
+    if eval_config.get("linear_eval_protocol", "simclr") == "lars":
+        return optax.chain(optax.scale_by_trust_ratio(trust_coefficient=1e-3),
+                           optax.trace(decay=momentum),
+                           optax.scale_by_learning_rate(schedule)), schedule
+    return optax.sgd(schedule, momentum=momentum, nesterov=True), schedule
 
 
 def init_head_state(num_classes: int, feature_dim: int,
@@ -207,6 +222,10 @@ def validate(config: ml_collections.ConfigDict, num_classes: int) -> None:
     if batch_size <= 0 or batch_size % jax.device_count():
         raise ValueError(f"config.eval.linear_eval_batch_size {batch_size} does not divide over "
                          f"{jax.device_count()} devices")
+    protocol = eval_config.get("linear_eval_protocol", "simclr")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"config.eval.linear_eval_protocol must be one of {PROTOCOLS}, got "
+                         f"{protocol!r}")
     for field in ("linear_eval_epochs", "linear_eval_learning_rate"):
         if eval_config[field] <= 0:
             raise ValueError(f"config.eval.{field} must be > 0, got {eval_config[field]}")

@@ -43,6 +43,17 @@ def gather(x: Array, axis_name: str | None) -> Array:
     return jax.lax.all_gather(x, axis_name, tiled=True)
 
 
+def as_varying(x: Array, axis_name: str | None) -> Array:
+    """`x` typed as device-varying over `axis_name` (`jax.lax.pcast`), so that a custom VJP may
+    return each device's own cotangent for it: under `shard_map(check_vma=True)` the cast's
+    transpose then sums the cotangents of an input that is the same on every device. A no-op
+    without an axis, for an already varying `x`, and under `check_vma=False` (no types to meet).
+    """
+    if axis_name is None or axis_name in jax.typeof(x).mat.varying:
+        return x
+    return jax.lax.pcast(x, axis_name, to="varying")
+
+
 def global_offset(local_size: int, axis_name: str | None) -> Array:
     """Index of this device's first row in the gathered (global) batch."""
     if axis_name is None:
@@ -256,7 +267,8 @@ def _siglip_ring(img, txt, scale, bias, axis_name):
 
     The backward pass is written out (`_siglip_ring_bwd`) rather than derived: it runs the ring
     again, each text block travelling with its gradient, which returns to the block's device
-    at the end, so no step keeps more than a block's logits and their gradient.
+    at the end, so no step keeps more than a block's logits and their gradient. Every input is
+    device-varying (`as_varying`): each device's share of d_scale and d_bias is its cotangent.
     """
     return _ring_sums(img, txt, scale, bias, axis_name)
 
@@ -310,8 +322,11 @@ def siglip_loss(
     txt = l2_normalize(text)
     scale = jnp.asarray(scale, jnp.float32)
     bias = jnp.asarray(bias, jnp.float32)
-    compute = _siglip_ring if impl == "ring" else _siglip_all_gather
-    total, positives, best_negative = compute(img, txt, scale, bias, axis_name)
+    if impl == "ring":
+        args = [as_varying(x, axis_name) for x in (img, txt, scale, bias)]
+        total, positives, best_negative = _siglip_ring(*args, axis_name)
+    else:
+        total, positives, best_negative = _siglip_all_gather(img, txt, scale, bias, axis_name)
     loss = total / img.shape[0]
     if not with_metrics:
         return loss
@@ -389,7 +404,7 @@ def _vmf_weights(z1: Array, z2: Array, sigma: float, axis_name: str | None) -> A
 
 def dcl(
     z1: Array, z2: Array, temperature: float, *, weight_sigma: float | None = None,
-    axis_name: str | None = None, with_metrics: bool = False,
+    detach_weight: bool = True, axis_name: str | None = None, with_metrics: bool = False,
 ) -> Array | tuple[Array, Metrics]:
     """Decoupled contrastive loss, DCL, and with `weight_sigma` its weighted form DCLW (Yeh et al.
     2022, "Decoupled Contrastive Learning").
@@ -399,8 +414,10 @@ def dcl(
     embeddings of both views, and L is the mean over all 2N anchors (the reference sums its two
     directions' means: `loss.multiplier = 2`). DCL has w = 1; DCLW the von Mises-Fisher weight
     w_i = 2 - exp(cos(z1_i, z2_i) / sigma) / E_k[exp(cos(z1_k, z2_k) / sigma)], the mean over the
-    global batch, which down-weights easy positives. As in the authors' code the weight is not
-    stop-gradiented. Metrics are nt_xent's: the positive among all candidates.
+    global batch, which down-weights easy positives. `detach_weight=True` (the default) keeps
+    w out of the gradient: the paper presents it as a weight on each positive's term, and
+    lightly's DCLWLoss detaches it; False differentiates it, as raminnakhli's (third-party)
+    implementation does. Metrics are nt_xent's: the positive among all candidates.
     """
     logits, anchor_ids, candidate_ids = _two_view_logits(z1, z2, temperature, axis_name)
     num_global = candidate_ids.shape[0] // 2
@@ -410,6 +427,7 @@ def dcl(
     negative = jax.nn.logsumexp(jnp.where(positive_mask, _MASKED, logits), axis=-1)
     if weight_sigma is not None:
         weights = _vmf_weights(z1, z2, weight_sigma, axis_name)
+        weights = jax.lax.stop_gradient(weights) if detach_weight else weights
         positive = jnp.concatenate([weights, weights]) * positive
     loss = jnp.mean(negative - positive)
     if not with_metrics:

@@ -2,6 +2,10 @@
 
 SimCLR excludes biases and BatchNorm parameters from weight decay and from LARS's trust-ratio
 adaptation; `weight_decay_mask` marks the parameters that get both (kernels, embeddings).
+`optimizer.exclude_bias_and_norm = False` decays (and with LARS adapts) every parameter, as the
+SGD of MoCo v2 and SupContrast and SwAV's LARC do. LARS takes its trust coefficient from
+`optimizer.lars_trust_coefficient` and with `optimizer.lars_clip` caps each parameter's adapted
+rate at the learning rate (LARC's clip mode, solo-learn's `clip_lr`).
 
 AdamW's decay comes in two forms (`optimizer.weight_decay_mode`): "lr_scaled", optax.adamw's,
 where a step shrinks a kernel by lr(t) * wd; and "decoupled", big_vision's (SigLIP), where it
@@ -16,6 +20,7 @@ import math
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -57,6 +62,52 @@ def weight_decay_mask(params) -> object:
     `model.scan_layers` stacks every block's leaves on a layer axis)."""
     return jax.tree_util.tree_map_with_path(
         lambda path, p: p.ndim > 1 and getattr(path[-1], "key", None) not in NOT_DECAYED, params)
+
+
+def decay_mask(opt_config: ml_collections.ConfigDict) -> Callable[[object], object]:
+    """`weight_decay_mask`, or where `exclude_bias_and_norm` is False every parameter."""
+    if opt_config.get("exclude_bias_and_norm", True):
+        return weight_decay_mask
+    return lambda params: jax.tree.map(lambda _: True, params)
+
+
+def clip_trust_ratio_by_lr(learning_rate: optax.Schedule,
+                           trust_coefficient: float) -> optax.GradientTransformation:
+    """LARC's clip mode: each update d times min(eta ||p|| / ||d|| / lr(t), 1), so that after
+    the learning rate no parameter moves at more than its trust ratio or lr(t) (1 where a
+    norm or lr(t) is 0). The step count is its state."""
+
+    def init_fn(params):
+        del params
+        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update_fn(updates, state, params):
+        lr = learning_rate(state.count)
+
+        def scale(update, param):
+            param_norm, update_norm = jnp.linalg.norm(param), jnp.linalg.norm(update)
+            ratio = trust_coefficient * param_norm / jnp.where(update_norm > 0, update_norm, 1)
+            usable = (param_norm > 0) & (update_norm > 0) & (lr > 0)
+            return update * jnp.where(usable, jnp.minimum(ratio / jnp.where(lr > 0, lr, 1), 1), 1)
+
+        return (jax.tree.map(scale, updates, params),
+                optax.ScaleByScheduleState(count=optax.safe_int32_increment(state.count)))
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _lars(opt_config: ml_collections.ConfigDict,
+          schedule: optax.Schedule) -> optax.GradientTransformation:
+    """optax.lars at `lars_trust_coefficient`, or with `lars_clip` LARC's clipped ratio."""
+    mask, eta = decay_mask(opt_config), opt_config.get("lars_trust_coefficient", 1e-3)
+    if not opt_config.get("lars_clip", False):
+        return optax.lars(schedule, weight_decay=opt_config.weight_decay,
+                          weight_decay_mask=mask, trust_coefficient=eta, trust_ratio_mask=mask,
+                          momentum=opt_config.momentum)
+    return optax.chain(optax.add_decayed_weights(opt_config.weight_decay, mask),
+                       optax.masked(clip_trust_ratio_by_lr(schedule, eta), mask),
+                       optax.scale_by_learning_rate(schedule),
+                       optax.trace(decay=opt_config.momentum))
 
 
 def make_optimizer(opt_config: ml_collections.ConfigDict, *, total_steps: int,
@@ -105,22 +156,21 @@ def _scheduled_optimizer(opt_config: ml_collections.ConfigDict, peak: float,
     if mode == "decoupled" and name != "adamw":
         raise ValueError(f"weight_decay_mode 'decoupled' is AdamW's (big_vision); optimizer "
                          f"{name!r} takes 'lr_scaled'")
+    mask = decay_mask(opt_config)
     if name == "adamw" and mode == "decoupled":
         return optax.chain(
             optax.scale_by_adam(b1=opt_config.b1, b2=opt_config.b2, eps=opt_config.eps),
             optax.scale(peak),
-            optax.add_decayed_weights(opt_config.weight_decay, weight_decay_mask),
+            optax.add_decayed_weights(opt_config.weight_decay, mask),
             optax.scale_by_schedule(multiplier),
             optax.scale(-1.0))
     if name == "lars":
-        return optax.lars(schedule, weight_decay=opt_config.weight_decay,
-                          weight_decay_mask=weight_decay_mask, trust_coefficient=0.001,
-                          trust_ratio_mask=weight_decay_mask, momentum=opt_config.momentum)
+        return _lars(opt_config, schedule)
     if name == "adamw":
         return optax.adamw(schedule, b1=opt_config.b1, b2=opt_config.b2, eps=opt_config.eps,
-                           weight_decay=opt_config.weight_decay, mask=weight_decay_mask)
+                           weight_decay=opt_config.weight_decay, mask=mask)
     if name == "sgd":
-        return optax.chain(optax.add_decayed_weights(opt_config.weight_decay, weight_decay_mask),
+        return optax.chain(optax.add_decayed_weights(opt_config.weight_decay, mask),
                            optax.sgd(schedule, momentum=opt_config.momentum))
     raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
 

@@ -193,8 +193,8 @@ def test_byol_target_survives_a_checkpoint(byol_states, tmp_path):
     assert int(restored.step) == 2
     for field in ("params", "batch_stats", "extra"):
         assert_trees_equal(getattr(restored, field), getattr(state, field))
-    assert not np.array_equal(restored.extra["target_params"]["projection"]["Dense_1"]["bias"],
-                              restored.params["projection"]["Dense_1"]["bias"])
+    assert not np.array_equal(restored.extra["target_params"]["projection"]["Dense_0"]["bias"],
+                              restored.params["projection"]["Dense_0"]["bias"])
 
 
 @pytest.mark.parametrize("override,message", [

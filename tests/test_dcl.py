@@ -4,6 +4,7 @@ single-device loss on the global batch; SimCLR's `loss.decoupled` picks them. (T
 CIFAR-10 learning runs with DCL and DCLW are in test_learning.)"""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
@@ -48,6 +49,42 @@ def test_dcl_matches_numpy(sigma):
     z2[:3] += 2 * z1[:3]  # Some pairs agree, so DCLW's weights differ from 1.
     got = jax.jit(lambda a, b: losses.dcl(a, b, 0.3, weight_sigma=sigma))(z1, z2)
     np.testing.assert_allclose(got, numpy_dcl(z1, z2, 0.3, sigma), rtol=1e-5)
+
+
+def _dcl_with_fixed_weights(z1, z2, temperature, weights):
+    """The paper's DCL terms in jnp with given positive weights (constants to autodiff)."""
+    z = jnp.concatenate([z1, z2])
+    z = z / jnp.linalg.norm(z, axis=1, keepdims=True)
+    n = z1.shape[0]
+    s = z @ z.T / temperature
+    partner = (jnp.arange(2 * n) + n) % (2 * n)
+    excluded = (jnp.eye(2 * n, dtype=bool)
+                | (jnp.arange(2 * n)[None, :] == partner[:, None]))
+    negative = jax.nn.logsumexp(jnp.where(excluded, -jnp.inf, s), axis=1)
+    positive = s[jnp.arange(2 * n), partner] * jnp.concatenate([weights, weights])
+    return jnp.mean(negative - positive)
+
+
+def test_dclw_weight_is_detached_by_default_and_differentiated_on_request():
+    """Detached: the gradient is DCL's with the weights held fixed at their values (taken from
+    the numpy reference); differentiated: the weights' own gradient adds to it."""
+    z1, z2 = embeddings(7, seed=3)
+    z2[:3] += 2 * z1[:3]
+    agreement = np.exp(np.sum(z1 / np.linalg.norm(z1, axis=1, keepdims=True)
+                              * z2 / np.linalg.norm(z2, axis=1, keepdims=True), axis=1) / 0.5)
+    weights = np.float32(2 - agreement / agreement.mean())
+    want = jax.grad(_dcl_with_fixed_weights, argnums=(0, 1))(z1, z2, 0.3, weights)
+    grads = {detach: jax.grad(lambda a, b: losses.dcl(a, b, 0.3, weight_sigma=0.5,
+                                                      detach_weight=detach), argnums=(0, 1))(z1, z2)
+             for detach in (True, False)}
+    for got, expected in zip(grads[True], want):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert np.abs(np.asarray(grads[False][0]) - np.asarray(want[0])).max() > 1e-3
+    config = tiny_config(**{"loss.decoupled": "dclw", "loss.dclw_sigma": 0.5,
+                            "loss.temperature": 0.3})
+    assert config.loss.dclw_detach_weight
+    via_config = jax.grad(lambda a: simclr.contrastive_loss(config, None)(a, z2, None)[0])(z1)
+    np.testing.assert_allclose(via_config, want[0], rtol=1e-5, atol=1e-6)
 
 
 def test_dcl_metrics_are_nt_xents():

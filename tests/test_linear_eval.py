@@ -84,6 +84,47 @@ def test_head_steps_match_numpy_nesterov_sgd(kind):
                                peak * 0.5 * (1 + np.cos(np.pi / total_steps)), rtol=1e-6)
 
 
+def test_lars_protocol_steps_match_numpy_larc_sgd():
+    """eval.linear_eval_protocol = "lars" (SimSiam's main_lincls --lars): three steps equal
+    apex LARC (trust 1e-3, no clipping, ratio 1 while a parameter or its gradient is 0) over
+    torch.optim.SGD with momentum 0.9 (buf = m buf + g; p -= lr buf), written out in numpy."""
+    config = config_defaults.base("simsiam")
+    assert config.eval.linear_eval_protocol == "lars"
+    config.eval.linear_eval_batch_size = 16
+    config.eval.linear_eval_learning_rate = 8.0  # Peak 8 * 16 / 256 = 0.5.
+    total_steps, num_classes = 5, 3
+    rng = np.random.default_rng(3)
+    features = [rng.normal(size=(16, 5)) for _ in range(3)]
+    labels = [rng.integers(0, num_classes, 16) for _ in range(3)]
+    tx, _ = linear_eval.head_optimizer(config.eval, total_steps)
+    params = linear_eval.init_head(num_classes, 5)
+    opt_state = tx.init(params)
+    want = {"kernel": np.zeros((5, num_classes)), "bias": np.zeros(num_classes)}
+    buffers = {name: np.zeros_like(value) for name, value in want.items()}
+    for step in range(3):
+        grads = dict(zip(("kernel", "bias"), _softmax_cross_entropy_grads(
+            np.asarray(params["kernel"], np.float64), np.asarray(params["bias"], np.float64),
+            features[step], labels[step])))
+        updates, opt_state = tx.update(jax.tree.map(np.float32, grads), opt_state, params)
+        params = jax.tree.map(lambda p, u: p + u, params, updates)
+        lr = 0.5 * 0.5 * (1 + np.cos(np.pi * step / total_steps))
+        for name, value in want.items():
+            g, p_norm = grads[name], np.linalg.norm(value)
+            ratio = 1e-3 * p_norm / np.linalg.norm(g) if p_norm > 0 else 1.0
+            buffers[name] = 0.9 * buffers[name] + ratio * g
+            want[name] = value - lr * buffers[name]
+    assert np.abs(want["kernel"]).max() > 0.01
+    for name in want:
+        np.testing.assert_allclose(params[name], want[name], rtol=1e-4, atol=1e-7)
+
+
+def test_unknown_linear_eval_protocol_is_refused():
+    config = config_defaults.base()
+    config.eval.linear_eval_protocol = "byol"
+    with pytest.raises(ValueError, match="config.eval.linear_eval_protocol must be one of"):
+        linear_eval.validate(config, num_classes=10)
+
+
 def test_training_view_is_a_crop_and_flip_without_colour_change():
     """With the crop's area fixed at the whole (square) image, a view is the image or its mirror:
     nothing else, no colour jitter, touches it; both occur."""

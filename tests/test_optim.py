@@ -144,3 +144,65 @@ def test_decoupled_weight_decay_is_adamw_only():
     with pytest.raises(ValueError, match="'decoupled' is AdamW's"):
         optim.make_optimizer(opt_config(name="lars", weight_decay_mode="decoupled"),
                              total_steps=4, batch_size=256)
+
+
+def _numpy_lars(params, grads, lr, wd, momentum, eta, exclude, clip):
+    """LARS written out: decay and adapt the leaves a mask selects (kernels only with
+    `exclude`, else all); with `clip` the adapted rate is min(trust ratio, lr) (LARC's clip);
+    velocity = momentum * velocity + rate * u. Returns the parameters and whether clipping
+    ever bound."""
+    want = {key: np.copy(value) for key, value in params.items()}
+    velocity = {key: np.zeros_like(value) for key, value in params.items()}
+    clipped = False
+    for g in grads:
+        for key, w in want.items():
+            adapted = key == "kernel" or not exclude
+            u = g[key] + wd * w if adapted else g[key]
+            rate = lr
+            if adapted:
+                trust = eta * np.linalg.norm(w) / np.linalg.norm(u)
+                clipped |= clip and trust > lr
+                rate = min(trust, lr) if clip else lr * trust
+            velocity[key] = momentum * velocity[key] + rate * u
+            want[key] = w - velocity[key]
+    return want, clipped
+
+
+@pytest.mark.parametrize("exclude,eta,clip,lr", [
+    (False, 1e-3, False, 0.5),  # SwAV's LARC: every parameter decayed and adapted
+    (True, 0.02, True, 0.01),   # solo-learn's LARS: eta 0.02, clip_lr
+    (False, 0.02, True, 0.01),
+])
+def test_lars_options_equal_a_hand_computed_update(exclude, eta, clip, lr):
+    rng = np.random.default_rng(1)
+    params = {"kernel": rng.normal(size=(3, 3, 2, 4)), "scale": rng.normal(size=4),
+              "bias": rng.normal(size=4)}
+    grads = [{k: rng.normal(size=p.shape) * (0.01 if k == "bias" else 1.0)
+              for k, p in params.items()} for _ in range(3)]
+    tx, _ = optim.make_optimizer(opt_config(
+        name="lars", learning_rate=lr, weight_decay=0.1, momentum=0.9,
+        exclude_bias_and_norm=exclude, lars_trust_coefficient=eta, lars_clip=clip),
+        total_steps=10, batch_size=256)
+    state, got = tx.init(params), jax.tree.map(jnp.asarray, params)
+    for g in grads:
+        updates, state = tx.update(jax.tree.map(jnp.asarray, g), state, got)
+        got = jax.tree.map(lambda p, u: p + u, got, updates)
+    want, clipped = _numpy_lars(params, grads, lr, 0.1, 0.9, eta, exclude, clip)
+    assert clipped == clip
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-7, err_msg=key)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_exclude_bias_and_norm_false_decays_every_parameter(name):
+    """With a zero gradient only weight decay moves a parameter: every one moves when the
+    exclusion is off, the kernel alone when it is on (the default)."""
+    params = {"kernel": jnp.ones((2, 3)), "scale": jnp.ones(3), "bias": jnp.ones(3)}
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    for exclude in (True, False):
+        tx, _ = optim.make_optimizer(opt_config(name=name, learning_rate=0.1, weight_decay=0.5,
+                                                exclude_bias_and_norm=exclude),
+                                     total_steps=10, batch_size=256)
+        updates, _ = tx.update(zeros, tx.init(params), params)
+        moved = {key: bool(jnp.any(value != 0)) for key, value in updates.items()}
+        assert moved == {"kernel": True, "scale": not exclude, "bias": not exclude}, exclude

@@ -2,7 +2,8 @@
 a slowly moving target network's projection of the other view, with no negatives.
 
 Online network: ResNet encoder -> projector MLP -> predictor MLP (`heads.BatchNormMLP`, 4096
-hidden, 256 out, BatchNorm in the hidden layer). Target network: encoder -> projector whose
+hidden, 256 out, BatchNorm in the hidden layer; `model.mlp_bias = "hidden"`: a bias on the
+hidden Dense and none on the output one, as the reference's). Target network: encoder -> projector whose
 parameters are an exponential moving average of the online ones, xi <- tau xi + (1 - tau) theta
 after every optimizer step, tau rising from `loss.momentum` (0.996) to 1 on a cosine
 (`moco.momentum_at`). The loss is symmetrised: byol_loss(q(view1), sg(z'(view2))) + the same
@@ -40,6 +41,7 @@ __all__ = ["after_update", "apply_per_view", "batch_shapes", "build_model", "enc
 
 Array = jax.Array
 TARGET_MODULES = ("encoder", "projection")  # The target network's parameter groups.
+MLP_BIAS = ("hidden", "output")  # model.mlp_bias: which Dense layers of the MLPs have a bias.
 
 
 class BYOLModel(nn.Module):
@@ -64,9 +66,13 @@ class BYOLModel(nn.Module):
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Refuses an EMA momentum or schedule that cannot run, and MLPs without a layer."""
+    """Refuses an EMA momentum or schedule that cannot run, MLPs without a layer, and an
+    unknown `model.mlp_bias`."""
     moco.check_momentum(config)
     check_mlp_layers(config)
+    if config.model.get("mlp_bias", "output") not in MLP_BIAS:
+        raise ValueError(f"config.model.mlp_bias must be one of {MLP_BIAS}, got "
+                         f"{config.model.mlp_bias!r}")
 
 
 def check_mlp_layers(config: ml_collections.ConfigDict) -> None:
@@ -81,13 +87,15 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int, axis_name: 
     """The ResNet, projector (`model.head_*`) and predictor (`model.predictor_*`, out to the
     projection's width) of `config.model`; `projector_output_bn` is SimSiam's projector."""
     model_config, dtype = config.model, simclr.model_dtype(config)
+    hidden_bias = model_config.get("mlp_bias", "output") == "hidden"  # SimSiam: "output".
+    biases = dict(hidden_bias=hidden_bias, output_bias=not hidden_bias)
     projection = heads.BatchNormMLP(
         num_layers=model_config.head_layers, hidden_dim=model_config.head_hidden_dim,
         out_dim=model_config.head_out_dim, output_bn=projector_output_bn,
-        bn_axis_name=axis_name, dtype=dtype)
+        bn_axis_name=axis_name, dtype=dtype, **biases)
     predictor = heads.BatchNormMLP(
         num_layers=model_config.predictor_layers, hidden_dim=model_config.predictor_hidden_dim,
-        out_dim=model_config.head_out_dim, bn_axis_name=axis_name, dtype=dtype)
+        out_dim=model_config.head_out_dim, bn_axis_name=axis_name, dtype=dtype, **biases)
     return BYOLModel(encoder=simclr.build_encoder(config, axis_name), projection=projection,
                      predictor=predictor, num_classes=num_classes)
 

@@ -84,7 +84,9 @@ def build_image_encoder(config: ml_collections.ConfigDict, axis_name: str | None
         return vit.vit(model_config.variant, pool=model_config.pool, depth=model_config.depth,
                        dtype=dtype, **_layer_options(model_config))
     return resnet.resnet(model_config.name, width=model_config.width, stem=model_config.stem,
-                         base_width=model_config.base_width, bn_axis_name=axis_name, dtype=dtype)
+                         base_width=model_config.base_width, bn_axis_name=axis_name,
+                         zero_init_residual=model_config.get("zero_init_residual", False),
+                         dtype=dtype)
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int, axis_name: str | None,

@@ -21,8 +21,8 @@ paper's fix for the instability of ViT training, section 4.2): `frozen_params` m
 optimizer gives it no update at all (train.make_optimizer, optim.freeze).
 
 Differences from the reference: the ViT's position embeddings are learned, not fixed 2-D
-sin-cos; the patch projection keeps flax's initialisation; weight decay skips biases and norm
-scales (the reference's AdamW decays every parameter); the predictor's output Dense has a bias
+sin-cos; the patch projection keeps flax's initialisation; without its last BatchNorm (a ResNet
+backbone, or `model.predictor_output_bn = False`) the predictor's output Dense has a bias
 (heads.BatchNormMLP's form; the reference's has none).
 """
 
@@ -92,9 +92,17 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int,
         out_dim=model_config.head_out_dim, output_bn=True, bn_axis_name=axis_name, dtype=dtype)
     predictor = heads.BatchNormMLP(
         num_layers=model_config.predictor_layers, hidden_dim=model_config.predictor_hidden_dim,
-        out_dim=model_config.head_out_dim, bn_axis_name=axis_name, dtype=dtype)
+        out_dim=model_config.head_out_dim, output_bn=predictor_output_bn(config),
+        bn_axis_name=axis_name, dtype=dtype)
     return MoCoV3Model(encoder=image_text.build_image_encoder(config, axis_name),
                        projection=projection, predictor=predictor, num_classes=num_classes)
+
+
+def predictor_output_bn(config: ml_collections.ConfigDict) -> bool:
+    """`model.predictor_output_bn`, or where None the reference's: the ViT predictor ends in
+    BatchNorm(affine=False) (`_build_mlp(..., last_bn=True)`), the ResNet one does not."""
+    value = config.model.get("predictor_output_bn")
+    return config.model.name == "vit" if value is None else bool(value)
 
 
 def _momentum_part(tree: dict) -> dict:

@@ -132,8 +132,10 @@ def contrastive_loss(config: ml_collections.ConfigDict, axis_name: str | None
         return lambda z1, z2, labels: losses.nt_xent(z1, z2, temperature, axis_name=axis_name,
                                                      with_metrics=True)
     sigma = config.loss.dclw_sigma if decoupled == "dclw" else None
+    detach = config.loss.get("dclw_detach_weight", True)
     return lambda z1, z2, labels: losses.dcl(z1, z2, temperature, weight_sigma=sigma,
-                                             axis_name=axis_name, with_metrics=True)
+                                             detach_weight=detach, axis_name=axis_name,
+                                             with_metrics=True)
 
 
 def loss_parts(model: SimCLRModel, config: ml_collections.ConfigDict,

@@ -2,7 +2,8 @@
 Assignments"): each view's projection is assigned to K learned prototypes under an equal
 partition of the global batch (Sinkhorn-Knopp), and each view predicts the other's assignment.
 
-Network: ResNet encoder -> projection MLP (`heads.ProjectionHead`, 2048 hidden, 128 out, BN) ->
+Network: ResNet encoder -> projection MLP (`heads.ProjectionHead`, 2048 hidden, 128 out;
+Dense -> BN -> ReLU -> Dense as the reference's, or with `model.swav_output_bn` a last BN) ->
 L2-normalised -> cosines to K prototypes (unit rows of the parameter `prototypes`, renormalised
 after every optimizer step as the reference does before each). The codes come from
 `losses.sinkhorn_knopp` over all devices' rows without gradient; the loss is
@@ -119,9 +120,15 @@ def batch_shapes(config: ml_collections.ConfigDict, n: int) -> dict[str, jax.Sha
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int,
                 axis_name: str | None) -> SwAVModel:
-    """SimCLR's encoder and projection head of `config.model`, with the prototypes."""
-    network = simclr.build_model(config, num_classes, axis_name)
-    return SwAVModel(encoder=network.encoder, projection=network.projection,
+    """SimCLR's encoder and a projection head of `config.model` that ends in a Dense (the
+    reference's) or, with `model.swav_output_bn`, in SimCLR's BatchNorm; the prototypes."""
+    model_config = config.model
+    projection = heads.ProjectionHead(
+        num_layers=model_config.head_layers, hidden_dim=model_config.get("head_hidden_dim"),
+        out_dim=model_config.head_out_dim, use_bn=model_config.get("head_bn", True),
+        output_bn=model_config.swav_output_bn, bn_axis_name=axis_name,
+        dtype=simclr.model_dtype(config))
+    return SwAVModel(encoder=simclr.build_encoder(config, axis_name), projection=projection,
                      num_classes=num_classes, num_prototypes=config.loss.num_prototypes)
 
 
