@@ -89,7 +89,9 @@ def parse_absl_flags(argv: Sequence[str], values: flags.FlagValues = flags.FLAGS
     ml_collections raises AttributeError for an unknown `--config.key`, and keeps the error of a
     config file that does not load until the config is first read.
     """
-    config_file = next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")), "")
+    # The last --config= given is the one absl keeps.
+    config_file = ([arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")]
+                   or [""])[-1]
     try:
         rest = values(list(argv))
         if "config" in values and values["config"].value is not None:
