@@ -127,17 +127,16 @@ def _differs(old, new) -> bool:
 @contextlib.contextmanager
 def _without_read_only_notices() -> Iterator[None]:
     """Orbax warns that a read-only manager is read-only; a reading command asked for one."""
-    def is_notice(record: python_logging.LogRecord) -> bool:
-        return "read only" in record.getMessage() or "read_only=True" in record.getMessage()
+    def not_a_notice(record: python_logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return "read only" not in message and "read_only=True" not in message
 
     absl_logger = python_logging.getLogger("absl")
-    notice_filter = python_logging.Filter()
-    notice_filter.filter = lambda record: not is_notice(record)
-    absl_logger.addFilter(notice_filter)
+    absl_logger.addFilter(not_a_notice)
     try:
         yield
     finally:
-        absl_logger.removeFilter(notice_filter)
+        absl_logger.removeFilter(not_a_notice)
 
 
 def make_manager(workdir: str, keep: int = 3, read_only: bool = False

@@ -17,21 +17,22 @@ from contrastive_jax import losses, parallel
 
 AXIS = parallel.AXIS
 
-# name: (loss(a, b, shared, extra, axis_name), number of shared scalars, has labels)
+# "function[:variant]": loss(a, b, shared [scale, bias], labels, axis_name) -> this device's loss
 LOSSES = {
     "nt_xent": lambda a, b, s, y, ax: losses.nt_xent(a, b, 0.5, axis_name=ax),
     "supcon": lambda a, b, s, y, ax: losses.supcon(a, b, y, 0.3, axis_name=ax),
     "info_nce": lambda a, b, s, y, ax: losses.info_nce(a, b, 0.2, axis_name=ax),
-    "info_nce_queue": lambda a, b, s, y, ax: losses.info_nce(
+    "info_nce:queue": lambda a, b, s, y, ax: losses.info_nce(
         a, b, 0.2, negatives=jnp.linspace(-1, 1, 5 * a.shape[1]).reshape(5, -1), axis_name=ax),
-    "clip": lambda a, b, s, y, ax: losses.clip_loss(a, b, s[0], axis_name=ax),
-    "siglip_all_gather": lambda a, b, s, y, ax: losses.siglip_loss(
+    "clip_loss": lambda a, b, s, y, ax: losses.clip_loss(a, b, s[0], axis_name=ax),
+    "siglip_loss:all_gather": lambda a, b, s, y, ax: losses.siglip_loss(
         a, b, s[0], s[1], axis_name=ax, impl="all_gather"),
-    "siglip_ring": lambda a, b, s, y, ax: losses.siglip_loss(
+    "siglip_loss:ring": lambda a, b, s, y, ax: losses.siglip_loss(
         a, b, s[0], s[1], axis_name=ax, impl="ring"),
-    "n_pair": lambda a, b, s, y, ax: losses.n_pair_loss(a, b, axis_name=ax),
-    "margin": lambda a, b, s, y, ax: losses.margin_contrastive_loss(a, b, y % 2, 2.0),
-    "triplet": lambda a, b, s, y, ax: losses.triplet_loss(a, b, a - 0.5 * b, 1.0),
+    "n_pair_loss": lambda a, b, s, y, ax: losses.n_pair_loss(a, b, axis_name=ax),
+    "margin_contrastive_loss": lambda a, b, s, y, ax: losses.margin_contrastive_loss(
+        a, b, y % 2, 2.0),
+    "triplet_loss": lambda a, b, s, y, ax: losses.triplet_loss(a, b, a - 0.5 * b, 1.0),
 }
 
 SHAPES = [(1, 5), (2, 3), (8, 1), (8, 4)]  # (devices, per-device batch)
@@ -47,8 +48,9 @@ def make_inputs(num_devices, per_device, dim=6, seed=0):
     return a, b, shared, labels
 
 
-def single_device(name, a, b, shared, labels):
-    loss_fn = lambda a, b, s: LOSSES[name](a, b, s, jnp.asarray(labels), None)
+def single_device(loss, a, b, shared, labels):
+    """The value and gradients (a, b, shared) of `loss` (a LOSSES entry) on one device."""
+    loss_fn = lambda a, b, s: loss(a, b, s, jnp.asarray(labels), None)
     return jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1, 2)))(a, b, shared)
 
 
@@ -75,7 +77,7 @@ def sharded(name, kind, num_devices, a, b, shared, labels):
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_sharded_loss_and_gradients_equal_single_device(name, kind, num_devices, per_device):
     a, b, shared, labels = make_inputs(num_devices, per_device)
-    want_loss, (want_ga, want_gb, want_gs) = single_device(name, a, b, shared, labels)
+    want_loss, (want_ga, want_gb, want_gs) = single_device(LOSSES[name], a, b, shared, labels)
     loss, ga, gb, gs = sharded(name, kind, num_devices, a, b, shared, labels)
     assert loss.shape == (num_devices,)
     np.testing.assert_allclose(loss.mean(), want_loss, rtol=2e-6, atol=1e-6)

@@ -24,6 +24,9 @@ from jax.sharding import PartitionSpec as P
 
 from contrastive_jax import losses, parallel
 
+import test_losses_multidevice
+from test_losses_multidevice import make_inputs, single_device
+
 AXIS = parallel.AXIS
 NUM_DEVICES, PER_DEVICE, DIM = 8, 2, 6
 HELPERS = {"l2_normalize", "gather", "global_offset", "as_varying"}
@@ -38,22 +41,9 @@ def _sinkhorn_readout(a, ax):
     return jnp.mean(jnp.sum(losses.sinkhorn_knopp(a, 0.3, axis_name=ax) * a, axis=-1))
 
 
-# "function[:variant]": loss(a, b, shared [scale, bias], labels, axis_name) -> this device's loss
+# The sharded == unsharded table, and the losses it leaves out.
 LOSSES = {
-    "nt_xent": lambda a, b, s, y, ax: losses.nt_xent(a, b, 0.5, axis_name=ax),
-    "supcon": lambda a, b, s, y, ax: losses.supcon(a, b, y, 0.3, axis_name=ax),
-    "info_nce": lambda a, b, s, y, ax: losses.info_nce(a, b, 0.2, axis_name=ax),
-    "info_nce:queue": lambda a, b, s, y, ax: losses.info_nce(
-        a, b, 0.2, negatives=jnp.linspace(-1, 1, 5 * DIM).reshape(5, DIM), axis_name=ax),
-    "clip_loss": lambda a, b, s, y, ax: losses.clip_loss(a, b, s[0], axis_name=ax),
-    "siglip_loss:all_gather": lambda a, b, s, y, ax: losses.siglip_loss(
-        a, b, s[0], s[1], axis_name=ax, impl="all_gather"),
-    "siglip_loss:ring": lambda a, b, s, y, ax: losses.siglip_loss(
-        a, b, s[0], s[1], axis_name=ax, impl="ring"),
-    "n_pair_loss": lambda a, b, s, y, ax: losses.n_pair_loss(a, b, axis_name=ax),
-    "margin_contrastive_loss": lambda a, b, s, y, ax: losses.margin_contrastive_loss(
-        a, b, y % 2, 2.0),
-    "triplet_loss": lambda a, b, s, y, ax: losses.triplet_loss(a, b, a - 0.5 * b, 1.0),
+    **test_losses_multidevice.LOSSES,
     "negative_cosine": lambda a, b, s, y, ax: losses.negative_cosine(a, b),
     "byol_loss": lambda a, b, s, y, ax: losses.byol_loss(a, b),
     "dcl": lambda a, b, s, y, ax: losses.dcl(a, b, 0.5, axis_name=ax),
@@ -65,19 +55,6 @@ LOSSES = {
     "swav_loss:queue": lambda a, b, s, y, ax: _swav(
         a, b, ax, queue_scores=(jnp.tanh(b), jnp.tanh(a))),
 }
-
-
-def _inputs():
-    rng = np.random.default_rng(0)
-    n = NUM_DEVICES * PER_DEVICE
-    a, b = (rng.normal(size=(n, DIM)).astype(np.float32) for _ in range(2))
-    labels = rng.integers(0, 3, size=n).astype(np.int32)
-    return a, b, np.array([4.0, -1.5], np.float32), labels
-
-
-def _unsharded(name, a, b, shared, labels):
-    loss_fn = lambda a, b, s: LOSSES[name](a, b, s, jnp.asarray(labels), None)  # noqa: E731
-    return jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1, 2)))(a, b, shared)
 
 
 def _in_users_shard_map(name, check_vma, a, b, shared, labels):
@@ -112,8 +89,8 @@ def test_every_loss_of_the_module_is_covered():
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_values_and_gradients_equal_unsharded_under_both_vma_settings(name):
-    a, b, shared, labels = _inputs()
-    want_loss, want_grads = _unsharded(name, a, b, shared, labels)
+    a, b, shared, labels = make_inputs(NUM_DEVICES, PER_DEVICE, dim=DIM)
+    want_loss, want_grads = single_device(LOSSES[name], a, b, shared, labels)
     results = {}
     for check_vma in (True, False):
         (loss, grads), (inside_loss, ga, gb, gs) = _in_users_shard_map(
@@ -135,7 +112,7 @@ def test_values_and_gradients_equal_unsharded_under_both_vma_settings(name):
         a, b, s[0], s[1], axis_name=ax, impl="ring", with_metrics=True)),
 ])
 def test_metrics_under_check_vma_equal_unsharded(name, loss_fn):
-    a, b, shared, _ = _inputs()
+    a, b, shared, _ = make_inputs(NUM_DEVICES, PER_DEVICE, dim=DIM)
     b = a + 0.8 * b  # Some positives win, some lose.
     _, want = jax.jit(lambda a, b, s: loss_fn(a, b, s, None))(a, b, shared)
     mesh = parallel.make_mesh(jax.devices()[:NUM_DEVICES])
