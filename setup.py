@@ -9,7 +9,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["contrastive_jax", "contrastive_jax.*"]),
-    package_data={"contrastive_jax": ["data/*.txt"]},
+    package_data={"contrastive_jax": ["evaluation/*.txt"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.6.0",

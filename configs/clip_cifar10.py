@@ -8,7 +8,7 @@ templates, a small ViT and text transformer that learn on a laptop CPU in minute
 prepared.) Each training image is paired with one of the 8 training templates filled with its
 class name ("a picture of a {class}." ...), drawn per example and epoch; evaluation is zero-shot
 classification of the test split with the 12 held-out evaluation templates of every class
-averaged (`zeroshot_top1`, contrastive_jax/zeroshot.py), so no evaluation prompt was ever a
+averaged (`zeroshot_top1`, contrastive_jax/evaluation/zeroshot.py), so no evaluation prompt was ever a
 training caption. ARG picks the tower sizes for the same recipe: "mu" (the default, 2-core CPU),
 "ti" (a GPU: ViT-Ti/4 of 12 blocks, a 6-layer 256-wide text transformer, 30 epochs).
 """

@@ -77,7 +77,7 @@ def _table(report: dict[str, Any]) -> str:
 def check(values: flags.FlagValues) -> dict[str, Any]:
     """Compiles the config for the slice (and, if it does not fit, its alternatives); prints
     the table and returns the report, with `alternatives_that_fit`."""
-    from contrastive_jax import compile_report, tpu_topology
+    from contrastive_jax.compilation import compile_report, tpu_topology
     tpu_slice = tpu_topology.parse_slice(values.topology)
     config = compile_report.slice_config(values.config, tpu_slice.num_chips)
     num_classes = (values.num_classes if values.num_classes is not None
@@ -100,7 +100,7 @@ def check(values: flags.FlagValues) -> dict[str, Any]:
 
 
 def _fitting_alternatives(config, tpu_slice, num_classes: int) -> list[dict[str, Any]]:
-    from contrastive_jax import compile_report, tpu_topology
+    from contrastive_jax.compilation import compile_report, tpu_topology
     fitting = []
     for label, changed, target in compile_report.alternatives(config, tpu_slice):
         try:

@@ -83,7 +83,7 @@ def base(method: str = "simclr") -> ml_collections.ConfigDict:
 
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 512
-    # contrastive_jax/evaluators: "knn", "linear", "zeroshot", "retrieval"; (): the method's
+    # contrastive_jax/evaluation/evaluators.py: "knn", "linear", "zeroshot", "retrieval"; (): the method's
     # default (image methods: knn + linear; image-text: zeroshot + retrieval, where data allows).
     config.eval.evaluators = ()
     config.eval.knn_k = 200

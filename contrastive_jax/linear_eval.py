@@ -36,7 +36,8 @@ from absl import app
 from absl import logging as absl_logging
 from jax.sharding import PartitionSpec as P
 
-from contrastive_jax import cli, evaluate, optim, parallel
+from contrastive_jax import cli, optim, parallel
+from contrastive_jax.evaluation import functions as evaluate
 from contrastive_jax.logging import MetricWriter, progress_line
 
 # TensorFlow (augment, input_pipeline) is imported where data is read, as in train.py.
@@ -170,7 +171,7 @@ def train_view(image, seed, image_size: int, crop_area_min: float):
     aspect 3/4 to 4/3) and a horizontal flip with p = 0.5, no colour change; float32 in [0, 1]."""
     import tensorflow as tf
 
-    from contrastive_jax import augment
+    from contrastive_jax.augment import host as augment
 
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     image = augment.random_resized_crop(augment.to_float(image), crop_seed, image_size,
@@ -190,7 +191,8 @@ def train_batches(data_config: ml_collections.ConfigDict, *, global_batch_size: 
     """
     import tensorflow as tf
 
-    from contrastive_jax import augment, input_pipeline, numpy_data
+    from contrastive_jax.augment import host as augment
+    from contrastive_jax.data import input_pipeline, numpy_data
 
     process_index, process_count = numpy_data.resolve_process(process_index, process_count)
     n = numpy_data.host_batch_size(global_batch_size, process_count)
@@ -287,7 +289,8 @@ def linear_eval(config: ml_collections.ConfigDict, variables, encode_fn: EncodeF
     `eval.linear_eval_epochs` on the training split, returns {"linear_eval_top1": accuracy on
     the evaluation split}.
     """
-    from contrastive_jax import data_sources, input_pipeline, train
+    from contrastive_jax import train
+    from contrastive_jax.data import sources as data_sources, input_pipeline
 
     kind = train.layout_kind(config)
     info = data_sources.dataset_info(config.data)

@@ -140,7 +140,7 @@ def main(argv) -> None:
         train.check_workdir(FLAGS.workdir)
     except ValueError as error:
         cli.fail(error)
-    from contrastive_jax import numpy_data
+    from contrastive_jax.data import numpy_data
     if numpy_data.tensorflow_available():  # Absent on many GPU images: the device path runs.
         import tensorflow as tf
         tf.config.set_visible_devices([], "GPU")  # tf.data only; the accelerators are JAX's.

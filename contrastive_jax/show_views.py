@@ -14,7 +14,9 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from contrastive_jax import augment, cli, data_sources, files
+from contrastive_jax import cli, files
+from contrastive_jax.augment import host as augment
+from contrastive_jax.data import sources as data_sources
 
 
 def _grid_row(images: Sequence[tf.Tensor], scale: int, gap: int = 2) -> tf.Tensor:

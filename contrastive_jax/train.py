@@ -27,8 +27,9 @@ from absl import logging as absl_logging
 from clu import parameter_overview
 from jax.sharding import NamedSharding, PartitionSpec
 
-from contrastive_jax import (checkpoints, config_checks, evaluators, fsdp, grad_cache, methods,
-                             optim, parallel)
+from contrastive_jax import checkpoints, config_checks, methods, optim, parallel
+from contrastive_jax.evaluation import evaluators
+from contrastive_jax.parallel import fsdp, grad_cache
 from contrastive_jax import workdir as workdir_lib
 from contrastive_jax.logging import MetricWriter, NoProgressReport
 
@@ -75,10 +76,10 @@ def resolve_steps(config: ml_collections.ConfigDict, num_train_examples: int
 def dataset_info(data_config: ml_collections.ConfigDict):
     """The training split's size and classes: from data_sources (tf.data), or where TensorFlow
     is absent from numpy_data (folder and synthetic sources)."""
-    from contrastive_jax import numpy_data
+    from contrastive_jax.data import numpy_data
     if not numpy_data.tensorflow_available():
         return numpy_data.dataset_info(data_config)
-    from contrastive_jax import data_sources
+    from contrastive_jax.data import sources as data_sources
     return data_sources.dataset_info(data_config)
 
 
@@ -429,13 +430,13 @@ class Trainer:
         kwargs = dict(global_batch_size=config.batch_size, seed=config.seed,
                       start_step=start_step)
         if config.data.augment_on == "device":
-            from contrastive_jax import device_input
+            from contrastive_jax.data import device_input
             return device_input.train_batches(config.data, kind=self.kind, mesh=self.mesh,
                                               **kwargs)
         if self.is_image_text:
-            from contrastive_jax import image_text_pipeline as pipeline
+            from contrastive_jax.data import image_text_pipeline as pipeline
         else:
-            from contrastive_jax import input_pipeline as pipeline
+            from contrastive_jax.data import input_pipeline as pipeline
         return parallel.prefetch_to_devices(pipeline.train_iterator(config.data, **kwargs),
                                             self.kind, self.mesh)
 

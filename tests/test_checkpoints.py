@@ -9,9 +9,7 @@ import pytest
 
 from contrastive_jax import checkpoints, export, linear_eval, parallel, train
 
-from test_export import random_like
-from test_image_text import image_text_config
-from test_train import tiny_config
+from support import image_text_config, random_like, tiny_config
 
 
 def snapshot(directory) -> dict:

@@ -10,7 +10,7 @@ from contrastive_jax import cli, plot, show_views
 from contrastive_jax.bench import input_pipeline as input_pipeline_bench
 from contrastive_jax.tools import make_imagenet_names
 
-from test_train import REPO
+from support import REPO
 
 
 def run_module(module: str, *args: str) -> subprocess.CompletedProcess:

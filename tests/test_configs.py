@@ -8,13 +8,12 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
-from ml_collections.config_flags import config_flags
 
 from contrastive_jax import main, methods, train
 from contrastive_jax.logging import MetricWriter
 from contrastive_jax.methods import simclr, supcon
 
-from test_train import REPO, tiny_config
+from support import REPO, load_config, tiny_config
 
 CONFIG_ARGS = {"simclr_cifar10.py": ["resnet18", "resnet50", "resnet18_readme"],
                "simclr_imagenet.py": ["100", "1000"],
@@ -23,11 +22,6 @@ CONFIG_ARGS = {"simclr_cifar10.py": ["resnet18", "resnet50", "resnet18_readme"],
 CASES = [(os.path.basename(path), arg)
          for path in sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
          for arg in CONFIG_ARGS.get(os.path.basename(path), [None])]
-
-
-def load_config(spec: str) -> ml_collections.ConfigDict:
-    """What `--config=SPEC` gives main (absl's config-file flag parser)."""
-    return config_flags.ConfigFileFlagParser(name="config").parse(spec)
 
 
 @pytest.mark.parametrize("name,arg", CASES)

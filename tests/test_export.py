@@ -16,26 +16,7 @@ from safetensors.numpy import save_file
 from contrastive_jax import checkpoints, export, methods, parallel, train
 from contrastive_jax.models import resnet
 
-from test_image_text import image_text_config
-from test_train import REPO, tiny_config
-
-
-def random_like(shapes, seed: int = 0):
-    """Arrays of the shapes and dtypes of a tree of ShapeDtypeStructs, filled by leaf name
-    with non-trivial values (and no compiled initialisation): He-scaled convolutions, scales
-    and (positive) variances around 1, small numbers elsewhere, so features stay finite."""
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = getattr(path[-1], "key", None)
-        if name == "kernel" and len(leaf.shape) == 4:  # A convolution.
-            return rng.normal(0, np.sqrt(2 / np.prod(leaf.shape[:-1])), leaf.shape)
-        if name in ("scale", "var"):
-            return rng.uniform(0.5, 1.5, leaf.shape)
-        return rng.normal(0, 0.1, leaf.shape)  # Dense kernels, biases, means, embeddings.
-
-    return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: fill(path, leaf).astype(leaf.dtype), shapes)
+from support import REPO, image_text_config, random_like, tiny_config
 
 
 def random_variables(init, seed: int = 0) -> dict:

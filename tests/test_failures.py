@@ -20,7 +20,7 @@ import pytest
 
 from contrastive_jax import checkpoints, train
 from contrastive_jax.logging import read_metrics
-from test_train import REPO, assert_trees_equal, final_params, long_run, tiny_config
+from support import REPO, assert_trees_equal, final_params, long_run, tiny_config
 
 
 def last_line(stderr: str) -> str:

@@ -16,7 +16,7 @@ import pytest
 from contrastive_jax import checkpoints
 from contrastive_jax.logging import read_metrics
 
-from test_train import REPO
+from support import REPO
 
 
 def total_steps(kills: int) -> int:

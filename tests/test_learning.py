@@ -7,44 +7,15 @@ Uses 1,000 training and 500 test images taken from ../shared/data/cifar10 (the R
 how the archives are laid out); the images are unpacked into a temporary folder, never committed.
 """
 
-import collections
-import tarfile
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from contrastive_jax import train
 from contrastive_jax.logging import read_metrics
 
-from test_train import tiny_config
+from support import tiny_config
 
 pytestmark = pytest.mark.slow  # Minutes each: opt-in with `pytest -m slow`.
-
-CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
-
-
-def extract_per_class(archive: Path, per_class: int, destination: Path) -> None:
-    """Unpacks the first `per_class` images of every class from one of the CIFAR archives."""
-    counts = collections.Counter()
-    with tarfile.open(archive) as tar:
-        for member in tar:
-            label = member.name.split("/")[-2] if member.isfile() else None
-            if label is not None and counts[label] < per_class:
-                counts[label] += 1
-                tar.extract(member, destination, filter="data")
-            if len(counts) == 10 and min(counts.values()) >= per_class:
-                return
-    raise AssertionError(f"{archive} holds fewer than {per_class} images of some class: {counts}")
-
-
-@pytest.fixture(scope="module")
-def cifar_folder(tmp_path_factory):
-    assert CIFAR.is_dir(), f"CIFAR-10 archives not found at {CIFAR} (../shared/data/cifar10)"
-    root = tmp_path_factory.mktemp("cifar10")
-    extract_per_class(CIFAR / "train.tar.gz", 100, root)
-    extract_per_class(CIFAR / "test.tar.gz", 50, root)
-    return root
 
 
 def test_short_simclr_run_on_cifar10_learns(cifar_folder, tmp_path):

@@ -9,7 +9,7 @@ import matplotlib.image
 import numpy as np
 
 from test_export import checkpointed_workdir  # noqa: F401  (a fixture: a tiny checkpoint)
-from test_train import REPO
+from support import REPO
 
 NOTEBOOK = os.path.join(REPO, "notebooks", "knn_neighbours.ipynb")
 

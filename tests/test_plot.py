@@ -10,7 +10,7 @@ import pytest
 from contrastive_jax import plot
 from contrastive_jax.logging import read_metrics
 
-from test_train import REPO
+from support import REPO
 
 
 def _write_metrics(workdir, rows):

@@ -14,10 +14,12 @@ import pytest
 import tensorflow as tf
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from contrastive_jax import data_sources, evaluators, input_pipeline, parallel, train
+from contrastive_jax import parallel, train
+from contrastive_jax.data import sources as data_sources, input_pipeline
+from contrastive_jax.evaluation import evaluators
 from contrastive_jax.logging import MetricWriter, read_metrics
 
-from test_train import final_params, tiny_config
+from support import final_params, tiny_config
 
 
 class _Records(logging.Handler):

@@ -11,47 +11,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from contrastive_jax import checkpoints, config_defaults, train
+from contrastive_jax import checkpoints, train
 from contrastive_jax.logging import read_metrics
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(method="simclr", **overrides):
-    """A ResNet-18 of base width 4 on 16x16 synthetic images, 16 per global batch."""
-    config = config_defaults.base(method)
-    config.batch_size = 16
-    config.total_steps = 4
-    config.log_every = 1
-    config.checkpoint_every = 2
-    config.eval_at_start = False
-    config.data.source = "synthetic"
-    config.data.synthetic_num_examples = 64
-    config.data.image_size = 16
-    config.model.base_width = 4
-    config.model.head_out_dim = 16
-    config.optimizer.warmup_steps = 1
-    config.eval.batch_size = 16
-    config.eval.knn_k = 5
-    config.eval.linear_steps = 5
-    for key, value in overrides.items():
-        target = config
-        *path, leaf = key.split(".")
-        for part in path:
-            target = target[part]
-        target[leaf] = value
-    return config
-
-
-def final_params(workdir):
-    manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
-    restored = manager.restore(manager.latest_step())
-    return manager.latest_step(), restored["params"]
-
-
-def assert_trees_equal(a, b, rtol=0.0, atol=0.0):
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=atol), a, b)
-
+from support import REPO, assert_trees_equal, final_params, tiny_config
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
@@ -130,20 +93,6 @@ def test_nan_loss_stops_before_checkpointing(tmp_path):
     for step in manager.all_steps():
         params = manager.restore(step)["params"]
         assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params)), step
-
-
-def long_run(workdir: str) -> subprocess.Popen:
-    """The CLI on a tiny synthetic run of 100,000 steps, logging every step, in a subprocess
-    (stderr piped), for tests that signal or race a run in progress."""
-    command = [sys.executable, "-m", "contrastive_jax.main", "--config=configs/demo.py",
-               f"--workdir={workdir}", "--config.data.source=synthetic",
-               "--config.data.synthetic_num_examples=64", "--config.data.image_size=8",
-               "--config.model.base_width=2", "--config.batch_size=16",
-               "--config.total_steps=100000", "--config.log_every=1", "--config.eval_every=-1",
-               "--config.checkpoint_every=100000"]
-    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
 
 
 def run_main(workdir, *overrides, stop_at_step=None):

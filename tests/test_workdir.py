@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from contrastive_jax import workdir
-from test_train import REPO, long_run
+from support import REPO, long_run
 
 
 def write_owner(directory, pid: int, host: str | None = None) -> None:

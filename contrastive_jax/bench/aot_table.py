@@ -23,7 +23,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from absl import app, flags  # noqa: E402
 
-from contrastive_jax import cli, compile_report, tpu_topology  # noqa: E402
+from contrastive_jax import cli  # noqa: E402
+from contrastive_jax.compilation import compile_report, tpu_topology
 
 flags.DEFINE_list("configs", [], "Config files (configs/NAME.py[:ARG]).")
 flags.DEFINE_list("topologies", [], "TPU slices, e.g. v5e:4x4,v4:2x2x2,v5p:2x2x4.")

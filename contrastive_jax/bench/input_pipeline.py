@@ -30,7 +30,8 @@ from typing import Iterator
 import ml_collections
 import tensorflow as tf
 
-from contrastive_jax import cli, data_sources, input_pipeline
+from contrastive_jax import cli
+from contrastive_jax.data import sources as data_sources, input_pipeline
 
 # The reference's CIFAR-10 pretraining settings (its README: --image_size=32
 # --color_jitter_strength=0.5 --use_blur=False); blur, when on, is its batch_random_blur.

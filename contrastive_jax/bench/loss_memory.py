@@ -79,7 +79,7 @@ def compiled_loss_and_grad(impl: str, per_device: int, dim: int, mesh, dtype,
 def main(argv) -> None:
     del argv
     if FLAGS.topology:
-        from contrastive_jax import tpu_topology
+        from contrastive_jax.compilation import tpu_topology
         devices = tpu_topology.slice_devices(tpu_topology.parse_slice(FLAGS.topology))
     else:
         devices = jax.devices(FLAGS.platform)[:FLAGS.devices]

@@ -31,7 +31,7 @@ products per example and the model TFLOP/s they give, and the MFU against `--pea
 it is given. The FLOPs are counted by `torch.utils.flop_counter.FlopCounterMode` on one
 uncompiled float32 forward and backward of a fresh copy of the model, head and loss at batch 2,
 divided by 2: twice the multiply-adds of the convolutions and matrix products, forward and
-backward, as `contrastive_jax/flops.py` counts them on the JAX side (BatchNorm, activations and
+backward, as `contrastive_jax/compilation/flops.py` counts them on the JAX side (BatchNorm, activations and
 the optimizer are not counted on either side). For ResNet-50 at 224 both sides count 48.63
 GFLOPs per example (3 x 2 x 4.1 GMACs x 2 views would be 49.2; the first convolution's input
 gradient is not needed).

@@ -27,8 +27,10 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from contrastive_jax import (cli, compile_report, device_input, flops, fsdp, methods, parallel,
-                             train)
+from contrastive_jax import cli, methods, parallel, train
+from contrastive_jax.compilation import compile_report, flops
+from contrastive_jax.data import device_input
+from contrastive_jax.parallel import fsdp
 
 config_flags.DEFINE_config_file("config", "configs/demo.py", "Config whose model is timed.")
 flags.DEFINE_integer("steps", 5, "Timed steps per case.")

@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from contrastive_jax import grad_cache, losses
+from contrastive_jax import losses
+from contrastive_jax.parallel import grad_cache
 from contrastive_jax.methods import image_text
 from contrastive_jax.methods.image_text import (IMAGE_TEXT, batch_shapes, embed_images,
                                                 embed_texts, encoder_features, init_variables)

@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from contrastive_jax import grad_cache, losses
+from contrastive_jax import losses
+from contrastive_jax.parallel import grad_cache
 from contrastive_jax.models import resnet, text, vit
 
 Array = jax.Array
@@ -67,7 +68,7 @@ def vocab_size(data_config: ml_collections.ConfigDict) -> int:
     """The text tower's vocabulary: the byte tokenizer's, or the SentencePiece model's + 1."""
     if data_config.tokenizer == "bytes":
         return BYTE_VOCAB_SIZE
-    from contrastive_jax import tokenizer  # Reads the SentencePiece model file.
+    from contrastive_jax.data import tokenizer  # Reads the SentencePiece model file.
     return tokenizer.get_tokenizer(data_config).vocab_size
 
 

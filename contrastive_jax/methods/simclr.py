@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from contrastive_jax import grad_cache, losses
+from contrastive_jax import losses
+from contrastive_jax.parallel import grad_cache
 from contrastive_jax.models import heads, resnet
 
 Array = jax.Array

@@ -17,7 +17,8 @@ from __future__ import annotations
 import jax
 import ml_collections
 
-from contrastive_jax import grad_cache, losses
+from contrastive_jax import losses
+from contrastive_jax.parallel import grad_cache
 from contrastive_jax.methods import byol
 from contrastive_jax.methods.byol import batch_shapes, encoder_features, init_variables
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import jax
 import ml_collections
 
-from contrastive_jax import grad_cache, losses
+from contrastive_jax import losses
+from contrastive_jax.parallel import grad_cache
 from contrastive_jax.methods.simclr import (batch_shapes, build_model, encoder_features,
                                             init_variables, two_view_parts)
 

@@ -1,4 +1,4 @@
-"""Writes contrastive_jax/data/imagenet2012_class_names.txt: a readable name per ImageNet-1k class.
+"""Writes contrastive_jax/evaluation/imagenet2012_class_names.txt: a readable name per ImageNet-1k class.
 
     pip download timm --no-deps -d /tmp/wheels
     python -m contrastive_jax.tools.make_imagenet_names --wheel=/tmp/wheels/timm-*.whl
@@ -20,7 +20,7 @@ from contrastive_jax import cli
 
 SYNSETS = "timm/data/_info/imagenet_synsets.txt"
 LEMMAS = "timm/data/_info/imagenet_synset_to_lemma.txt"
-OUT = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data",
+OUT = os.path.join(os.path.dirname(os.path.dirname(__file__)), "evaluation",
                    "imagenet2012_class_names.txt")
 # Synsets whose first lemma another class also has (WordNet's definitions tell them apart): the
 # bird and the machine; dancers' tights and the one-piece bathing suit; the corgi (its second
