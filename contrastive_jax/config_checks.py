@@ -1,4 +1,5 @@
-"""The ranges of the config's numeric fields, checked before JAX starts or data is read.
+"""The ranges of the config's numeric fields, checked before JAX starts or data is read, and the
+step counts derived from epochs.
 
 A value outside its range is refused with one message naming the field, the value and the range
 (`config.optimizer.learning_rate must be >= 0, got -0.1`; `config.loss.temperature must be a
@@ -95,3 +96,22 @@ def check_ranges(config: ml_collections.ConfigDict) -> None:
                         if v is not None and allowed.problem(v)), None)
         if problem:
             raise ValueError(f"config.{key} {problem}, got {value}")
+
+
+def resolve_steps(config: ml_collections.ConfigDict, num_train_examples: int
+                  ) -> ml_collections.ConfigDict:
+    """A copy of `config` with `total_steps` and `optimizer.warmup_steps` made concrete from
+    `num_epochs` / `optimizer.warmup_epochs` where those are given instead."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    steps_per_epoch = max(num_train_examples // config.batch_size, 1)
+    if config.get("total_steps", -1) <= 0:
+        config.total_steps = int(round(config.num_epochs * steps_per_epoch))
+        if config.total_steps <= 0:
+            raise ValueError(
+                f"config.num_epochs={config.num_epochs} gives no training step: an epoch of "
+                f"{num_train_examples} examples is {steps_per_epoch} steps of batch "
+                f"{config.batch_size}; raise num_epochs or set total_steps")
+    if config.optimizer.get("warmup_steps", -1) < 0:
+        config.optimizer.warmup_steps = int(round(
+            config.optimizer.get("warmup_epochs", 0.0) * steps_per_epoch))
+    return config

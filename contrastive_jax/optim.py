@@ -183,3 +183,15 @@ def freeze(tx: optax.GradientTransformation,
     labels = lambda params: jax.tree.map(  # noqa: E731
         lambda frozen: "frozen" if frozen else "trained", is_frozen(params))
     return optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def apply_gradients(state, grads, tx: optax.GradientTransformation, changes: dict,
+                    after_update: Callable):
+    """The update every layout's step ends with: `tx`'s step on the (already averaged)
+    gradients, the other state fields the loss changed (`changes`: BatchNorm statistics,
+    MoCo's queue), then the method's `after_update(state)`, which sees the new parameters
+    (a momentum encoder, a clamped scale), and the step count advanced by one."""
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = state.replace(params=optax.apply_updates(state.params, updates),
+                              opt_state=opt_state, **changes)
+    return after_update(new_state).replace(step=state.step + 1)

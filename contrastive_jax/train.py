@@ -1,258 +1,34 @@
-"""The train state, the one per-device train step, and the loop with Orbax checkpoints.
+"""The training loop: the Trainer runs train_step's program, evaluates, and saves Orbax checkpoints.
 
-The loop is the same for every method: `methods.get(config.method)` supplies the model and the
-loss; `parallel` wraps the step as pmap or jit + shard_map. A run is a pure function of its
+The loop is the same for every method and layout: `train_step.build_program` supplies the
+model, the optimizer and the wrapped step. A run is a pure function of its
 config: batches, augmentation and step keys derive from (seed, step), so a resumed run ends with
 the same parameters as one that was never stopped.
 """
 
 from __future__ import annotations
 
-import os
 import signal
-import tempfile
 import time
-from types import ModuleType
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Iterator
 
-import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 from clu import parameter_overview
 from jax.sharding import NamedSharding, PartitionSpec
 
-from contrastive_jax import checkpoints, config_checks, methods, optim, parallel
-from contrastive_jax.evaluation import evaluators
-from contrastive_jax.parallel import fsdp, grad_cache
+from contrastive_jax import checkpoints, config_checks, data, parallel, train_step
 from contrastive_jax import workdir as workdir_lib
+from contrastive_jax.evaluation import evaluators, linear_protocol
 from contrastive_jax.logging import MetricWriter, NoProgressReport
 
 # The data modules and clu's writers (TensorFlow) are imported where data is read and metrics are
 # written, not at module level, so the state and the step run where TensorFlow is absent:
 # bench.train_step on an accelerator machine.
-
-AUGMENT_ON = ("host", "device")  # Where training views are drawn: tf.data, or the accelerators.
-# How the step runs: one per-device function (parallel.py), or the state split over the devices.
-PARALLEL = (*parallel.KINDS, "fsdp")
-
-
-@flax.struct.dataclass
-class TrainState:
-    """Everything a step reads and writes. `extra` is the method's own state, updated by the
-    step but not by the optimizer: MoCo's key encoder and queue; empty for the other methods."""
-
-    step: jax.Array
-    params: Any
-    batch_stats: Any
-    opt_state: Any
-    extra: Any
-
-
-def resolve_steps(config: ml_collections.ConfigDict, num_train_examples: int
-                  ) -> ml_collections.ConfigDict:
-    """A copy of `config` with `total_steps` and `optimizer.warmup_steps` made concrete from
-    `num_epochs` / `optimizer.warmup_epochs` where those are given instead."""
-    config = ml_collections.ConfigDict(config.to_dict())
-    steps_per_epoch = max(num_train_examples // config.batch_size, 1)
-    if config.get("total_steps", -1) <= 0:
-        config.total_steps = int(round(config.num_epochs * steps_per_epoch))
-        if config.total_steps <= 0:
-            raise ValueError(
-                f"config.num_epochs={config.num_epochs} gives no training step: an epoch of "
-                f"{num_train_examples} examples is {steps_per_epoch} steps of batch "
-                f"{config.batch_size}; raise num_epochs or set total_steps")
-    if config.optimizer.get("warmup_steps", -1) < 0:
-        config.optimizer.warmup_steps = int(round(
-            config.optimizer.get("warmup_epochs", 0.0) * steps_per_epoch))
-    return config
-
-
-def dataset_info(data_config: ml_collections.ConfigDict):
-    """The training split's size and classes: from data_sources (tf.data), or where TensorFlow
-    is absent from numpy_data (folder and synthetic sources)."""
-    from contrastive_jax.data import numpy_data
-    if not numpy_data.tensorflow_available():
-        return numpy_data.dataset_info(data_config)
-    from contrastive_jax.data import sources as data_sources
-    return data_sources.dataset_info(data_config)
-
-
-def check_fields(config: ml_collections.ConfigDict) -> None:
-    """The checks of `validate` that need neither the devices nor the data (every numeric
-    field's range), so the command line can make them before it starts JAX or reads
-    anything."""
-    config_checks.check_ranges(config)
-
-
-def check_workdir(workdir: str) -> None:
-    """Creates DIR and DIR/checkpoints, or refuses a path that is a file or cannot be written,
-    before any work is done that could not be saved."""
-    for path in (workdir, os.path.join(workdir, "checkpoints")):
-        if os.path.exists(path) and not os.path.isdir(path):
-            raise ValueError(f"{path} is a file, not a directory; use another --workdir")
-        try:
-            os.makedirs(path, exist_ok=True)
-            with tempfile.TemporaryFile(dir=path):
-                pass
-        except OSError as error:
-            raise ValueError(f"cannot write to {path}: {error.strerror or error}") from error
-
-
-def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
-    """Refuses configs that cannot run on `num_devices` (default: every device), with a
-    message naming the field."""
-    num_devices = num_devices or jax.device_count()
-    check_fields(config)
-    if config.parallel not in PARALLEL:
-        raise ValueError(f"config.parallel must be one of {PARALLEL}, got {config.parallel!r}")
-    if config.total_steps <= 0:
-        raise ValueError(f"config.total_steps must be > 0, got {config.total_steps}")
-    if config.get("profile_steps", 0) < 0:
-        raise ValueError(f"config.profile_steps must be >= 0, got {config.profile_steps}")
-    parallel.per_device_batch_size(config.batch_size, num_devices)
-    method = methods.get(config.method)
-    if config.data.augment_on not in AUGMENT_ON:
-        raise ValueError(f"config.data.augment_on must be one of {AUGMENT_ON}, got "
-                         f"{config.data.augment_on!r}")
-    if config.data.augment_on == "device" and getattr(method, "IMAGE_TEXT", False):
-        raise ValueError(f"config.data.augment_on='device' makes two-view image batches; "
-                         f"method {config.method!r} reads image-text pairs: use 'host'")
-    if hasattr(method, "validate"):
-        method.validate(config)
-    grad_cache.validate(config, method, num_devices)
-    fsdp.validate(config, method, num_devices)
-
-
-def create_train_state(method, model, config: ml_collections.ConfigDict,
-                       tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
-    """Freshly initialised parameters, BatchNorm statistics, optimizer and method state."""
-    init_rng, extra_rng = jax.random.split(rng)
-    variables = method.init_variables(model, config, init_rng)
-    params = variables["params"]
-    init_extra = getattr(method, "init_extra", None)
-    extra = init_extra(config, variables, extra_rng) if init_extra else {}
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
-                      extra=extra)
-
-
-def make_optimizer(method, config: ml_collections.ConfigDict
-                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """`config.optimizer`'s optimizer and schedule; the parameters that the method's optional
-    `frozen_params(config, params)` marks get no update at all (MoCo v3's patch projection)."""
-    tx, schedule = optim.make_optimizer(config.optimizer, total_steps=config.total_steps,
-                                        batch_size=config.batch_size)
-    frozen_params = getattr(method, "frozen_params", None)
-    if frozen_params is not None:
-        tx = optim.freeze(tx, lambda params: frozen_params(config, params))
-    return tx, schedule
-
-
-def make_train_step(method, model, config, tx, schedule) -> Callable:
-    """The per-device step `(state, batch, rng) -> (state, metrics)` for either wrapper.
-
-    The method's loss returns the state fields it changes besides the parameters (BatchNorm
-    statistics, MoCo's queue); its optional `after_update(config, state)` then sees the updated
-    parameters (MoCo's momentum encoder, CLIP's clamped scale). Gradients and metrics are
-    `pmean`-ed over the `data` axis; BatchNorm statistics are already identical on every device
-    because BatchNorm averages its batch moments over the axis. The loss gets the step's key,
-    the same on every device; a method that wants per-device randomness folds in the axis index.
-    With `grad_cache_chunks` > 1 the gradient comes from `grad_cache.value_and_grad` over the
-    method's `loss_parts`, chunk by chunk.
-    """
-    axis = parallel.AXIS
-    after_update = getattr(method, "after_update", lambda config, state: state)
-    num_chunks = config.get("grad_cache_chunks", 1)
-
-    def step(state: TrainState, batch, rng):
-        rng = jax.random.fold_in(rng, state.step)
-        if num_chunks > 1:
-            (loss, (changes, metrics)), grads = grad_cache.value_and_grad(
-                method.loss_parts(model, config, axis), state.params, state.batch_stats, batch,
-                num_chunks)
-        else:
-            grad_fn = jax.value_and_grad(
-                lambda p: method.loss_fn(model, config, p, state, batch, rng, axis),
-                has_aux=True)
-            (loss, (changes, metrics)), grads = grad_fn(state.params)
-        grads = jax.lax.pmean(grads, axis)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new_state = state.replace(params=optax.apply_updates(state.params, updates),
-                                  opt_state=opt_state, **changes)
-        new_state = after_update(config, new_state).replace(step=state.step + 1)
-        metrics = jax.lax.pmean({**metrics, "loss": loss}, axis)
-        metrics["learning_rate"] = schedule(state.step)
-        return new_state, metrics
-
-    return step
-
-
-def layout_kind(config: ml_collections.ConfigDict) -> parallel.Kind:
-    """How batches, keys and metrics are laid out: fsdp uses shard_map's global arrays."""
-    return "shard_map" if config.parallel == "fsdp" else config.parallel
-
-
-def model_axis(config: ml_collections.ConfigDict) -> str | None:
-    """The BatchNorm axis the training model is built with: none under fsdp, whose model runs
-    on global arrays and so sees the whole batch."""
-    return None if config.parallel == "fsdp" else parallel.AXIS
-
-
-def make_step(method, model, config: ml_collections.ConfigDict,
-              tx: optax.GradientTransformation, schedule: optax.Schedule, state_shapes,
-              mesh) -> tuple[Any, Callable]:
-    """(the state's shardings, the wrapped step) for `config.parallel`: the per-device step
-    under pmap or shard_map with the state replicated, or fsdp.make_step with it split."""
-    if config.parallel == "fsdp":
-        fsdp_mesh = fsdp.make_mesh(config.get("fsdp_size", 0), list(mesh.devices.flat))
-        shardings = fsdp.state_shardings(state_shapes, fsdp_mesh)
-        return shardings, fsdp.make_step(method, model, config, tx, schedule, fsdp_mesh,
-                                         shardings)
-    replicated = NamedSharding(mesh, PartitionSpec())
-    return (jax.tree.map(lambda _: replicated, state_shapes),
-            parallel.wrap_step(make_train_step(method, model, config, tx, schedule),
-                               config.parallel, mesh))
-
-
-class Program(NamedTuple):
-    """What a run compiles, made from the config alone: no data read, no parameters made."""
-
-    method: ModuleType
-    model: nn.Module
-    tx: optax.GradientTransformation
-    schedule: optax.Schedule
-    init_state: Callable[[], TrainState]  # The fresh state of `config.seed`.
-    state_shapes: Any  # `jax.ShapeDtypeStruct`s of the TrainState.
-    state_shardings: Any
-    step: Callable  # The wrapped `(state, batch, rng) -> (state, metrics)`.
-
-
-def build_program(config: ml_collections.ConfigDict, num_classes: int, mesh) -> Program:
-    """The model, optimizer, state layout and wrapped step of `config` on `mesh`'s devices,
-    as the Trainer runs them and `aot` compiles them for a TPU slice."""
-    method = methods.get(config.method)
-    model = method.build_model(config, num_classes, model_axis(config))
-    tx, schedule = make_optimizer(method, config)
-
-    def init_state() -> TrainState:
-        return create_train_state(method, model, config, tx, jax.random.PRNGKey(config.seed))
-
-    state_shapes = jax.eval_shape(init_state)
-    shardings, step = make_step(method, model, config, tx, schedule, state_shapes, mesh)
-    return Program(method, model, tx, schedule, init_state, state_shapes, shardings, step)
-
-
-def place_state(host_state, shardings, config: ml_collections.ConfigDict, mesh):
-    """A host state on the devices as `make_step`'s step takes it."""
-    if config.parallel == "fsdp":
-        return fsdp.shard_state(host_state, shardings)
-    return parallel.replicate(host_state, config.parallel, mesh)
 
 
 class _Preemption:
@@ -296,19 +72,18 @@ class Trainer:
     def __init__(self, config: ml_collections.ConfigDict, workdir: str):
         """Claims `workdir` for this run (`workdir_lib`), refuses it if it holds another
         config's checkpoints, and writes its config.json."""
-        check_fields(config)
-        self.info = dataset_info(config.data)
-        self.config = config = resolve_steps(config, self.info.num_train_examples)
-        validate(config)
-        check_workdir(workdir)
+        config_checks.check_ranges(config)
+        self.info = data.dataset_info(config.data)
+        self.config = config = config_checks.resolve_steps(config, self.info.num_train_examples)
+        train_step.validate(config)
+        workdir_lib.check_writable(workdir)
         if config.eval.linear_eval:
-            from contrastive_jax import linear_eval
-            linear_eval.validate(config, self.info.num_classes)
+            linear_protocol.validate(config, self.info.num_classes)
         self.workdir = workdir
         self.is_fsdp = config.parallel == "fsdp"
-        self.kind = layout_kind(config)
+        self.kind = train_step.layout_kind(config)
         self.mesh = parallel.make_mesh()
-        program = build_program(config, self.info.num_classes, self.mesh)
+        program = train_step.build_program(config, self.info.num_classes, self.mesh)
         self.method, self.model, self.tx, self.schedule = (
             program.method, program.model, program.tx, program.schedule)
         self.state_shardings, self.train_step = program.state_shardings, program.step
@@ -343,7 +118,7 @@ class Trainer:
 
     # -- state in host / device / checkpoint form ------------------------------------------------
 
-    def initial_state(self) -> TrainState:
+    def initial_state(self) -> train_step.TrainState:
         """The newest checkpoint that restores, else a fresh state; on the devices.
 
         Newer checkpoints that do not restore (truncated or garbled files) are moved to
@@ -376,7 +151,7 @@ class Trainer:
                 "learning-rate schedule and the batches differ from a run that was never "
                 "stopped", step, self.config.batch_size, old)
 
-    def save(self, state: TrainState, step: int) -> None:
+    def save(self, state: train_step.TrainState, step: int) -> None:
         """Saves a checkpoint (atomically, in the background) of the replicated state."""
         if self.kind == "pmap":
             state = parallel.replicate(parallel.unreplicate(state, "pmap"), "shard_map",
@@ -406,13 +181,13 @@ class Trainer:
         return evaluators.build(self.evaluator_names, self.config, self.method, eval_model,
                                 self.info, self.kind, self.mesh)
 
-    def evaluate(self, state: TrainState) -> dict[str, float]:
+    def evaluate(self, state: train_step.TrainState) -> dict[str, float]:
         """The metrics of the evaluators that `config.eval.evaluators` names, for this state."""
         if self.evaluators is None:
             self.evaluators = self._build_evaluators()
         return evaluators.run_all(self.evaluators, self.evaluation_variables(state))
 
-    def evaluation_variables(self, state: TrainState) -> dict:
+    def evaluation_variables(self, state: train_step.TrainState) -> dict:
         """The model's variables as the evaluation functions take them: in the layout of
         `self.kind`, whole on every device (gathered from fsdp's split state)."""
         variables = {"params": state.params, "batch_stats": state.batch_stats}
@@ -420,6 +195,13 @@ class Trainer:
             variables = jax.jit(lambda tree: tree, out_shardings=NamedSharding(
                 self.mesh, PartitionSpec()))(variables)
         return variables
+
+    def linear_eval(self, state: train_step.TrainState) -> dict[str, float]:
+        """SimCLR's linear evaluation protocol on this state's frozen encoder."""
+        encoder_model = self.method.build_model(self.config, self.info.num_classes, None)
+        return linear_protocol.linear_eval(self.config, self.evaluation_variables(state),
+                                           self.method.encoder_features(encoder_model),
+                                           mesh=self.mesh)
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -516,8 +298,7 @@ class Trainer:
                     break
             finished_here = start < config.total_steps and "preempted_at" not in last
             if config.eval.linear_eval and finished_here:
-                from contrastive_jax import linear_eval
-                results = linear_eval.trainer_linear_eval(self, state)
+                results = self.linear_eval(state)
                 writer.write(config.total_steps, results)
                 last.update(results)
         finally:
@@ -538,7 +319,7 @@ def _all_finite(tree) -> jax.Array:
                                 if jnp.issubdtype(x.dtype, jnp.inexact)] or [True]))
 
 
-def _check_finite_state(state: TrainState, step: int) -> None:
+def _check_finite_state(state: train_step.TrainState, step: int) -> None:
     """No checkpoint holds non-finite parameters or statistics: an update can make them so while
     the loss that preceded it was finite (a learning rate of 1e40), and every resume would then
     fail at once."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import tempfile
 import time
 
 from absl import logging
@@ -108,3 +109,17 @@ def _remove(path: str) -> None:
         os.remove(path)
     except FileNotFoundError:
         pass
+
+
+def check_writable(workdir: str) -> None:
+    """Creates DIR and DIR/checkpoints, or refuses a path that is a file or cannot be written,
+    before any work is done that could not be saved."""
+    for path in (workdir, os.path.join(workdir, "checkpoints")):
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ValueError(f"{path} is a file, not a directory; use another --workdir")
+        try:
+            os.makedirs(path, exist_ok=True)
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        except OSError as error:
+            raise ValueError(f"cannot write to {path}: {error.strerror or error}") from error

@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from contrastive_jax import main, methods, train
+from contrastive_jax import config_checks, main, methods, train_step
 from contrastive_jax.logging import MetricWriter
 from contrastive_jax.methods import simclr, supcon
 
@@ -29,8 +29,8 @@ def test_config_loads_and_validates(name, arg):
     path = os.path.join(REPO, "configs", name)
     config = load_config(path if arg is None else f"{path}:{arg}")
     assert isinstance(config, ml_collections.ConfigDict)
-    config = train.resolve_steps(config, 50_000)
-    train.validate(config)
+    config = config_checks.resolve_steps(config, 50_000)
+    train_step.validate(config)
     assert config.total_steps > 0 and config.method in methods.METHODS
 
 
@@ -48,13 +48,13 @@ def test_image_text_configs_have_no_temperature():
 def test_supcon_with_unique_labels_equals_simclr():
     """With every label different, SupCon's only positive is the other view: the method's loss
     equals SimCLR's on the same parameters and batch (SupContrast's T / base_T factor off)."""
-    config = train.resolve_steps(tiny_config("supcon", **{"loss.base_temperature": 0.5}), 64)
+    config = config_checks.resolve_steps(tiny_config("supcon", **{"loss.base_temperature": 0.5}), 64)
     model = supcon.build_model(config, 10, None)
     variables = supcon.init_variables(model, config, jax.random.PRNGKey(0))
     rng = np.random.default_rng(0)
     batch = {"view1": rng.random((6, 16, 16, 3), np.float32),
              "view2": rng.random((6, 16, 16, 3), np.float32), "label": np.arange(6, dtype=np.int32)}
-    state = train.TrainState(step=0, params=variables["params"],
+    state = train_step.TrainState(step=0, params=variables["params"],
                              batch_stats=variables["batch_stats"], opt_state=(), extra={})
     losses = {name: jax.jit(lambda batch, loss_fn=method.loss_fn: loss_fn(
         model, config, variables["params"], state, batch, jax.random.PRNGKey(0), None)[0])
@@ -66,7 +66,7 @@ def test_supcon_with_unique_labels_equals_simclr():
 
 def _two_view_setup(method_name, **overrides):
     """A tiny model's variables, a state and a batch of 6 examples for `method.loss_fn`."""
-    config = train.resolve_steps(tiny_config(method_name, **overrides), 64)
+    config = config_checks.resolve_steps(tiny_config(method_name, **overrides), 64)
     method = methods.get(method_name)
     model = method.build_model(config, 10, None)
     variables = method.init_variables(model, config, jax.random.PRNGKey(0))
@@ -74,7 +74,7 @@ def _two_view_setup(method_name, **overrides):
     batch = {"view1": rng.random((6, 16, 16, 3), np.float32),
              "view2": rng.random((6, 16, 16, 3), np.float32),
              "label": np.array([0, 0, 1, 1, 2, 3], np.int32)}
-    state = train.TrainState(step=0, params=variables["params"],
+    state = train_step.TrainState(step=0, params=variables["params"],
                              batch_stats=variables["batch_stats"], opt_state=(), extra={})
     return config, method, model, variables, state, batch
 

@@ -27,7 +27,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from contrastive_jax import cli, methods, parallel, train
+from contrastive_jax import cli, methods, parallel, train_step
 from contrastive_jax.compilation import compile_report, flops
 from contrastive_jax.data import device_input
 from contrastive_jax.parallel import fsdp
@@ -71,14 +71,14 @@ def device_batches(config, kind, mesh) -> Iterator:
 def time_step(config, steps: int) -> dict:
     """Seconds per step of the config's method's train step on random device-resident
     batches."""
-    mesh, kind = parallel.make_mesh(), train.layout_kind(config)
+    mesh, kind = parallel.make_mesh(), train_step.layout_kind(config)
     config = config.copy_and_resolve_references()
     config.total_steps = steps + 1  # The schedule of this many steps, as before.
     config.seed = 0
-    program = train.build_program(config, 10, mesh)  # As training builds it.
+    program = train_step.build_program(config, 10, mesh)  # As training builds it.
     host_state = jax.device_get(jax.jit(program.init_state)())
     step, shardings = program.step, program.state_shardings
-    state = train.place_state(host_state, shardings, config, mesh)
+    state = train_step.place_state(host_state, shardings, config, mesh)
     state_bytes = fsdp.bytes_per_device(state) if kind == "shard_map" else sum(
         np.asarray(x).nbytes for x in jax.tree.leaves(host_state))
     batches = device_batches(config, kind, mesh)
@@ -111,7 +111,7 @@ def model_flops_per_step(config, mesh) -> float:
         config.model.remat_policy = "none"
     if config.parallel == "pmap":  # The same per-device step, on global shapes.
         config.parallel = "shard_map"
-    program = train.build_program(config, 10, mesh)
+    program = train_step.build_program(config, 10, mesh)
     return flops.step_flops(program.step,
                             *compile_report.abstract_arguments(program, config, mesh))
 

@@ -1,7 +1,7 @@
 """Compile a config's train step for a TPU slice on any host, and read what the compiler says.
 
 `compile_step(config, tpu_slice)` builds the state and the step as training does
-(`train.build_program`: the same model, optimizer, state shardings, `parallel`, scan / remat,
+(`train_step.build_program`: the same model, optimizer, state shardings, `parallel`, scan / remat,
 `grad_cache_chunks`, dtype) from shapes alone, lowers the step for the slice's devices and
 compiles it with libtpu. It returns the per-chip memory (arguments, temporaries, code; the
 state's buffers are donated, as in training), whether that fits the chip's HBM, the FLOPs of the
@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from contrastive_jax import parallel, train
+from contrastive_jax import config_checks, parallel, train_step
 from contrastive_jax.compilation import flops, tpu_topology
 from contrastive_jax.compilation.tpu_topology import GIB, Slice
 
@@ -71,13 +71,13 @@ def slice_config(config: ml_collections.ConfigDict, num_chips: int
         config.parallel = "shard_map"
     epochs = config.get("num_epochs", 1.0) or 1.0
     nominal_examples = config.batch_size * math.ceil(NOMINAL_STEPS / epochs)
-    config = train.resolve_steps(config, nominal_examples)
-    train.check_fields(config)
-    train.validate(config, num_chips)
+    config = config_checks.resolve_steps(config, nominal_examples)
+    config_checks.check_ranges(config)
+    train_step.validate(config, num_chips)
     return config
 
 
-def abstract_arguments(program: train.Program, config: ml_collections.ConfigDict, mesh):
+def abstract_arguments(program: train_step.Program, config: ml_collections.ConfigDict, mesh):
     """(state, batch, rng) as `jax.ShapeDtypeStruct`s laid out as training lays them out: the
     state by its shardings, the global batch split over the `data` axis, the key replicated."""
     state = jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype,
@@ -212,7 +212,7 @@ def compile_step(config: ml_collections.ConfigDict, tpu_slice: Slice, devices: l
     """Compiles `config`'s train step for `tpu_slice` (its `devices`); the report as a dict
     (see the module docstring). `config` comes from `slice_config`."""
     mesh = parallel.make_mesh(devices)
-    program = train.build_program(config, num_classes, mesh)
+    program = train_step.build_program(config, num_classes, mesh)
     state, batch, rng = abstract_arguments(program, config, mesh)
     started = time.perf_counter()
     traced = jax.jit(program.step, donate_argnums=0).trace(state, batch, rng)

@@ -18,7 +18,7 @@ features logs `probe_top1`.
 
 `model.freeze_patch_embed` keeps the ViT's patch projection at its random initialisation (the
 paper's fix for the instability of ViT training, section 4.2): `frozen_params` marks it, and the
-optimizer gives it no update at all (train.make_optimizer, optim.freeze).
+optimizer gives it no update at all (train_step.make_optimizer, optim.freeze).
 
 Differences from the reference: the ViT's position embeddings are learned, not fixed 2-D
 sin-cos; the patch projection keeps flax's initialisation; without its last BatchNorm (a ResNet

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from contrastive_jax import parallel
+from contrastive_jax import optim, parallel
 from contrastive_jax.parallel import grad_cache
 
 PyTree = Any
@@ -173,10 +173,8 @@ def make_step(method, model, config: ml_collections.ConfigDict,
         loss, metrics, new_stats, grads = (chunked_grads if num_chunks > 1 else
                                            one_pass_grads)(state, batch)
         grads = jax.lax.with_sharding_constraint(grads, shardings.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new_state = state.replace(params=optax.apply_updates(state.params, updates),
-                                  opt_state=opt_state, batch_stats=new_stats)
-        new_state = after_update(config, new_state).replace(step=state.step + 1)
+        new_state = optim.apply_gradients(state, grads, tx, {"batch_stats": new_stats},
+                                          lambda new: after_update(config, new))
         metrics = {**metrics, "loss": loss, "learning_rate": schedule(state.step)}
         return new_state, metrics
 

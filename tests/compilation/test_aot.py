@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from contrastive_jax import config_defaults, parallel, train
+from contrastive_jax import config_defaults, parallel, train_step
 from contrastive_jax.compilation import compile_report, tpu_topology
 
 from support import REPO
@@ -41,7 +41,7 @@ def test_report_equals_the_compiled_programs_own_figures(devices):
     report = compile_report.compile_step(config, SLICE, devices, 16 * 2**30, num_classes=10)
 
     mesh = parallel.make_mesh(devices)
-    program = train.build_program(config, 10, mesh)
+    program = train_step.build_program(config, 10, mesh)
     args = compile_report.abstract_arguments(program, config, mesh)
     memory = jax.jit(program.step, donate_argnums=0).lower(*args).compile().memory_analysis()
     assert report["argument_bytes"] == memory.argument_size_in_bytes

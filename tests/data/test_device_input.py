@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 from jax.sharding import PartitionSpec as P
 
-from contrastive_jax import parallel, train
+from contrastive_jax import config_checks, parallel, train, train_step
 from contrastive_jax.data import sources as data_sources, device_input, input_pipeline
 from contrastive_jax.augment import device as device_augment
 from test_input_pipeline import tfds_dir  # noqa: F401  (a fixture: a tiny prepared TFDS set)
@@ -134,7 +134,7 @@ def test_training_with_device_views_resumes_exactly_under_the_other_wrapper(tmp_
 def test_bad_augment_on_is_refused(tmp_path, method, value, message):
     config = tiny_config(method, **{"data.augment_on": value})
     with pytest.raises(ValueError, match=message):
-        train.validate(train.resolve_steps(config, 64))
+        train_step.validate(config_checks.resolve_steps(config, 64))
 
 
 @pytest.mark.parametrize("kind", ["pmap", "shard_map"])

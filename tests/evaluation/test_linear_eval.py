@@ -1,5 +1,6 @@
-"""SimCLR's linear evaluation protocol (contrastive_jax/linear_eval.py): the head's update against
-numpy under both wrappers on the 8 simulated devices, the training views and their seeds, a tiny
+"""SimCLR's linear evaluation protocol (evaluation/linear_protocol.py, its data in
+data/linear_eval_input.py, the linear_eval command): the head's update against numpy under both
+wrappers on the 8 simulated devices, the training views and their seeds, a tiny
 end-to-end run from a checkpoint, and the command line's refusal of a workdir without one."""
 
 import os
@@ -12,6 +13,8 @@ import pytest
 import tensorflow as tf
 
 from contrastive_jax import config_defaults, linear_eval, parallel, train
+from contrastive_jax.data import linear_eval_input
+from contrastive_jax.evaluation import linear_protocol
 from contrastive_jax.augment import host as augment
 from contrastive_jax.data import sources as data_sources, host_shards
 from contrastive_jax.logging import read_metrics
@@ -22,7 +25,7 @@ COLORS = {"blue": (40, 60, 220), "green": (40, 200, 60), "red": (220, 40, 40)}
 
 
 def test_head_starts_at_zero():
-    params = linear_eval.init_head(num_classes=3, feature_dim=5)
+    params = linear_protocol.init_head(num_classes=3, feature_dim=5)
     assert params["kernel"].shape == (5, 3) and params["bias"].shape == (3,)
     assert all(np.all(np.asarray(leaf) == 0) for leaf in jax.tree.leaves(params))
 
@@ -57,10 +60,10 @@ def test_head_steps_match_numpy_nesterov_sgd(kind):
                 "label": rng.integers(0, num_classes, 16).astype(np.int32)} for _ in range(2)]
 
     mesh = parallel.make_mesh()
-    tx, schedule = linear_eval.head_optimizer(config.eval, total_steps)
-    step_fn = linear_eval.wrap_head_step(
-        linear_eval.make_head_step(_toy_encoder, num_classes, tx, schedule), kind, mesh)
-    state = parallel.replicate(linear_eval.init_head_state(num_classes, 5, tx), kind, mesh)
+    tx, schedule = linear_protocol.head_optimizer(config.eval, total_steps)
+    step_fn = linear_protocol.wrap_head_step(
+        linear_protocol.make_head_step(_toy_encoder, num_classes, tx, schedule), kind, mesh)
+    state = parallel.replicate(linear_protocol.init_head_state(num_classes, 5, tx), kind, mesh)
     device_variables = parallel.replicate(variables, kind, mesh)
     for batch in batches:
         state, metrics = step_fn(state, device_variables,
@@ -98,8 +101,8 @@ def test_lars_protocol_steps_match_numpy_larc_sgd():
     rng = np.random.default_rng(3)
     features = [rng.normal(size=(16, 5)) for _ in range(3)]
     labels = [rng.integers(0, num_classes, 16) for _ in range(3)]
-    tx, _ = linear_eval.head_optimizer(config.eval, total_steps)
-    params = linear_eval.init_head(num_classes, 5)
+    tx, _ = linear_protocol.head_optimizer(config.eval, total_steps)
+    params = linear_protocol.init_head(num_classes, 5)
     opt_state = tx.init(params)
     want = {"kernel": np.zeros((5, num_classes)), "bias": np.zeros(num_classes)}
     buffers = {name: np.zeros_like(value) for name, value in want.items()}
@@ -124,7 +127,7 @@ def test_unknown_linear_eval_protocol_is_refused():
     config = config_defaults.base()
     config.eval.linear_eval_protocol = "byol"
     with pytest.raises(ValueError, match="config.eval.linear_eval_protocol must be one of"):
-        linear_eval.validate(config, num_classes=10)
+        linear_protocol.validate(config, num_classes=10)
 
 
 def test_training_view_is_a_crop_and_flip_without_colour_change():
@@ -134,7 +137,7 @@ def test_training_view_is_a_crop_and_flip_without_colour_change():
     expected = image.astype(np.float32) / 255
     flipped = 0
     for index in range(16):
-        view = linear_eval.train_view(tf.constant(image), augment.example_seed(0, 0, index),
+        view = linear_eval_input.train_view(tf.constant(image), augment.example_seed(0, 0, index),
                                       image_size=16, crop_area_min=1.0).numpy()
         is_mirror = np.allclose(view, expected[:, ::-1], atol=1e-5)
         assert is_mirror or np.allclose(view, expected, atol=1e-5), index
@@ -151,7 +154,7 @@ def _synthetic_data(num_examples=8):
 
 
 def _batches(data, seed, count):
-    iterator = linear_eval.train_batches(data, global_batch_size=8, seed=seed,
+    iterator = linear_eval_input.train_batches(data, global_batch_size=8, seed=seed,
                                          crop_area_min=0.08, process_index=0, process_count=1)
     return [next(iterator) for _ in range(count)]
 
@@ -163,7 +166,7 @@ def test_training_batches_follow_the_example_seeds_and_are_reaugmented_every_epo
     split = data_sources.indexed_split(data, "train")
     order = host_shards.train_shard(8, 0, 1)[host_shards.epoch_order(8, 3, 0).numpy()]
     first_epoch = np.stack([
-        linear_eval.train_view(split.load(i)[0], augment.example_seed(3, 0, i), 16, 0.08).numpy()
+        linear_eval_input.train_view(split.load(i)[0], augment.example_seed(3, 0, i), 16, 0.08).numpy()
         for i in order])
     np.testing.assert_array_equal(epochs[0]["image"], first_epoch)
     np.testing.assert_array_equal(epochs[0]["label"], [int(split.load(i)[1]) for i in order])
@@ -217,7 +220,7 @@ def test_linear_eval_beats_chance_leaves_the_encoder_alone_and_reads_checkpoints
     encoder = {"params": state.params, "batch_stats": state.batch_stats}
     encoder_before = jax.device_get(parallel.unreplicate(encoder, trainer.kind))
 
-    results = linear_eval.trainer_linear_eval(trainer, state)
+    results = trainer.linear_eval(state)
 
     assert set(results) == {"linear_eval_top1"}
     assert results["linear_eval_top1"] >= 0.9, results

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from contrastive_jax import config_defaults, losses, methods, optim, parallel, train
+from contrastive_jax import config_checks, config_defaults, losses, methods, optim, parallel, train, train_step
 from contrastive_jax.methods import byol, moco, simsiam
 from contrastive_jax.models import heads
 
@@ -107,7 +107,7 @@ def byol_config(kind="shard_map", **overrides):
     config = tiny_config("byol", **{
         "parallel": kind, "model.head_hidden_dim": 32, "model.predictor_hidden_dim": 32,
         "loss.momentum": 0.9, "total_steps": 4, "eval_every": -1, **overrides})
-    return train.resolve_steps(config, 64)
+    return config_checks.resolve_steps(config, 64)
 
 
 def random_batch(step):
@@ -123,20 +123,20 @@ def initial_state(config):
     model = method.build_model(config, 10, parallel.AXIS)
     tx, _ = optim.make_optimizer(config.optimizer, total_steps=config.total_steps,
                                  batch_size=config.batch_size)
-    return jax.device_get(jax.jit(lambda: train.create_train_state(
+    return jax.device_get(jax.jit(lambda: train_step.create_train_state(
         method, model, config, tx, jax.random.PRNGKey(0)))())
 
 
 def run_steps(config, host_state, batches):
-    """`train.make_step` for `config.parallel` from `host_state`: the losses and the host
+    """`train_step.make_step` for `config.parallel` from `host_state`: the losses and the host
     states before each batch and after the last."""
     method, mesh = methods.get(config.method), parallel.make_mesh()
-    model = method.build_model(config, 10, train.model_axis(config))
+    model = method.build_model(config, 10, train_step.model_axis(config))
     tx, schedule = optim.make_optimizer(config.optimizer, total_steps=config.total_steps,
                                         batch_size=config.batch_size)
-    shardings, step = train.make_step(method, model, config, tx, schedule, host_state, mesh)
-    state = train.place_state(host_state, shardings, config, mesh)
-    kind = train.layout_kind(config)
+    shardings, step = train_step.make_step(method, model, config, tx, schedule, host_state, mesh)
+    state = train_step.place_state(host_state, shardings, config, mesh)
+    kind = train_step.layout_kind(config)
     rng = parallel.replicate(jax.random.PRNGKey(7), kind, mesh)
     losses_seen, states = [], [host_state]
     for batch in batches:
@@ -204,7 +204,7 @@ def test_byol_target_survives_a_checkpoint(byol_states, tmp_path):
 ])
 def test_byol_refuses_what_it_cannot_run(override, message):
     with pytest.raises(ValueError, match=message):
-        train.validate(byol_config(**override))
+        train_step.validate(byol_config(**override))
 
 
 # -- SimSiam -----------------------------------------------------------------------------------
@@ -256,7 +256,7 @@ def test_simsiam_fsdp_step_equals_shard_map():
     """SimSiam's loss_parts under parallel='fsdp' (BatchNorm over the global batch, one view at
     a time) against the shard_map step from one state: 2 steps of SGD, the predictor at its
     fixed rate."""
-    config = train.resolve_steps(tiny_config("simsiam", batch_size=32, total_steps=2, **{
+    config = config_checks.resolve_steps(tiny_config("simsiam", batch_size=32, total_steps=2, **{
         "model.head_hidden_dim": 32, "model.head_out_dim": 32,
         "model.predictor_hidden_dim": 8}), 64)
     host_state, batches = initial_state(config), synthetic_batches(config, 2)

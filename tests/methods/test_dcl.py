@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from contrastive_jax import losses, parallel, train
+from contrastive_jax import config_checks, losses, parallel, train_step
 from contrastive_jax.methods import simclr
 
 from support import tiny_config
@@ -132,7 +132,7 @@ def test_simclr_loss_decoupled_picks_dcl(decoupled, sigma):
 
 @pytest.mark.parametrize("field,value", [("decoupled", "dcw"), ("dclw_sigma", 0.0)])
 def test_bad_decoupled_settings_are_refused(field, value):
-    config = train.resolve_steps(tiny_config(**{"loss.decoupled": "dclw",
+    config = config_checks.resolve_steps(tiny_config(**{"loss.decoupled": "dclw",
                                                 f"loss.{field}": value}), 64)
     with pytest.raises(ValueError, match=f"config.loss.{field}"):
-        train.validate(config)
+        train_step.validate(config)

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from contrastive_jax import methods, parallel, train
+from contrastive_jax import methods, parallel, train, train_step
 from contrastive_jax.evaluation import functions as evaluate, zeroshot
 from contrastive_jax.data import image_text_pipeline, tokenizer
 from contrastive_jax.logging import read_metrics
@@ -62,7 +62,7 @@ def test_siglip_ring_all_gather_pmap_and_shard_map_agree_in_a_train_step():
                                                 "loss.init_bias": -2.0})
         for kind in ("pmap", "shard_map"):
             model, run = per_device_loss_and_grads(config, kind)
-            state = jax.device_get(jax.jit(lambda: train.create_train_state(
+            state = jax.device_get(jax.jit(lambda: train_step.create_train_state(
                 method, model, config, optax.sgd(0.1), jax.random.PRNGKey(0)))())
             loss, grads = run(parallel.replicate(state, kind, mesh),
                               parallel.host_batch_to_devices(batch, kind, mesh))
@@ -79,7 +79,7 @@ def test_siglip_ring_all_gather_pmap_and_shard_map_agree_in_a_train_step():
 
 def test_clip_scale_is_clamped_after_the_update():
     config = image_text_config("clip")
-    state = train.TrainState(step=jnp.zeros((), jnp.int32), params={
+    state = train_step.TrainState(step=jnp.zeros((), jnp.int32), params={
         "log_scale": jnp.log(150.0), "w": jnp.ones(2)}, batch_stats={}, opt_state=(), extra={})
     clamped = clip.after_update(config, state)
     assert float(clamped.params["log_scale"]) == pytest.approx(math.log(100.0))

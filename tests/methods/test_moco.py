@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from contrastive_jax import losses, methods, optim, parallel, train
+from contrastive_jax import config_checks, losses, methods, optim, parallel, train, train_step
 from contrastive_jax.methods import moco
 
 from support import assert_trees_equal, tiny_config
@@ -22,7 +22,7 @@ def moco_config(kind="shard_map", **overrides):
     config = tiny_config("moco", parallel=kind, **{
         "loss.queue_size": QUEUE, "loss.momentum": 0.9, "model.head_hidden_dim": 32,
         "eval_every": -1, "batch_size": GLOBAL_BATCH, "data.image_size": SIZE, **overrides})
-    return train.resolve_steps(config, 64)
+    return config_checks.resolve_steps(config, 64)
 
 
 def random_batch(step):
@@ -38,9 +38,9 @@ def run_steps(config, num_steps):
     model = method.build_model(config, 10, parallel.AXIS)
     tx, schedule = optim.make_optimizer(config.optimizer, total_steps=config.total_steps,
                                         batch_size=config.batch_size)
-    step = parallel.wrap_step(train.make_train_step(method, model, config, tx, schedule), kind,
+    step = parallel.wrap_step(train_step.make_train_step(method, model, config, tx, schedule), kind,
                               mesh)
-    host_state = jax.device_get(jax.jit(lambda: train.create_train_state(
+    host_state = jax.device_get(jax.jit(lambda: train_step.create_train_state(
         method, model, config, tx, jax.random.PRNGKey(0)))())
     state = parallel.replicate(host_state, kind, mesh)
     rng = parallel.replicate(jax.random.PRNGKey(7), kind, mesh)
@@ -174,12 +174,12 @@ def test_split_bn_normalises_each_group_on_its_own():
 
 def test_bn_splits_must_divide_the_per_device_batch():
     with pytest.raises(ValueError, match="bn_splits"):
-        train.validate(moco_config(**{"model.bn_splits": 3}))
+        train_step.validate(moco_config(**{"model.bn_splits": 3}))
 
 
 def test_queue_size_must_be_a_multiple_of_the_batch():
     with pytest.raises(ValueError, match="queue_size .* multiple of batch_size"):
-        train.validate(moco_config(**{"loss.queue_size": 40}))
+        train_step.validate(moco_config(**{"loss.queue_size": 40}))
 
 
 def test_queue_and_key_encoder_survive_a_checkpoint(tmp_path):

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from contrastive_jax import methods, parallel, train
+from contrastive_jax import config_checks, methods, parallel, train, train_step
 from contrastive_jax.logging import read_metrics
 from contrastive_jax.methods import moco_v3
 
@@ -25,7 +25,7 @@ def moco_v3_config(**overrides):
         "loss.momentum": BASE_MOMENTUM, "total_steps": TOTAL_STEPS, "eval_every": -1,
         "optimizer.learning_rate": 0.05,
         "batch_size": GLOBAL_BATCH, "data.image_size": SIZE, **overrides})
-    return train.resolve_steps(config, 64)
+    return config_checks.resolve_steps(config, 64)
 
 
 def random_batch(step):
@@ -68,8 +68,8 @@ def run_steps(config, host_state, num_steps=2):
     and after the last, each step's metrics)."""
     kind, mesh, method = config.parallel, parallel.make_mesh(), methods.get("moco_v3")
     model = method.build_model(config, 10, parallel.AXIS)
-    tx, schedule = train.make_optimizer(method, config)
-    step = parallel.wrap_step(train.make_train_step(method, model, config, tx, schedule), kind,
+    tx, schedule = train_step.make_optimizer(method, config)
+    step = parallel.wrap_step(train_step.make_train_step(method, model, config, tx, schedule), kind,
                               mesh)
     state = parallel.replicate(host_state, kind, mesh)
     rng = parallel.replicate(jax.random.PRNGKey(7), kind, mesh)
@@ -89,8 +89,8 @@ def runs():
     config = moco_v3_config()
     method = methods.get("moco_v3")
     model = method.build_model(config, 10, parallel.AXIS)
-    tx, _ = train.make_optimizer(method, config)
-    host_state = jax.device_get(jax.jit(lambda: train.create_train_state(
+    tx, _ = train_step.make_optimizer(method, config)
+    host_state = jax.device_get(jax.jit(lambda: train_step.create_train_state(
         method, model, config, tx, jax.random.PRNGKey(0)))())
     runs = {}
     for kind in parallel.KINDS:
@@ -160,7 +160,7 @@ def test_frozen_params_mark_exactly_the_patch_projection(freeze):
 
 def test_frozen_patch_projection_needs_a_vit():
     with pytest.raises(ValueError, match="model.freeze_patch_embed"):
-        train.validate(moco_v3_config(**{"model.name": "resnet18"}))
+        train_step.validate(moco_v3_config(**{"model.name": "resnet18"}))
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from contrastive_jax import methods, optim, parallel, train
+from contrastive_jax import config_checks, methods, optim, parallel, train_step
 from contrastive_jax.methods import nnclr
 from contrastive_jax.models import heads
 
@@ -27,7 +27,7 @@ def nnclr_config(kind="shard_map", **overrides):
         "loss.support_set_size": SUPPORT, "model.head_hidden_dim": 32,
         "model.predictor_hidden_dim": 32, "eval_every": -1, "batch_size": GLOBAL_BATCH,
         "data.image_size": SIZE, **overrides})
-    return train.resolve_steps(config, 64)
+    return config_checks.resolve_steps(config, 64)
 
 
 def tiny_model(axis_name):
@@ -117,7 +117,7 @@ def test_loss_matches_numpy_on_one_device_and_over_eight():
 
 
 def fresh_state(config, model, tx):
-    return jax.device_get(jax.jit(lambda: train.create_train_state(
+    return jax.device_get(jax.jit(lambda: train_step.create_train_state(
         methods.get("nnclr"), model, config, tx, jax.random.PRNGKey(0)))())
 
 
@@ -128,7 +128,7 @@ def run_steps(config, host_state, num_steps):
     model = tiny_model(parallel.AXIS)
     tx, schedule = optim.make_optimizer(config.optimizer, total_steps=config.total_steps,
                                         batch_size=config.batch_size)
-    step = parallel.wrap_step(train.make_train_step(method, model, config, tx, schedule), kind,
+    step = parallel.wrap_step(train_step.make_train_step(method, model, config, tx, schedule), kind,
                               mesh)
     state = parallel.replicate(host_state, kind, mesh)
     rng = parallel.replicate(jax.random.PRNGKey(7), kind, mesh)
@@ -218,4 +218,4 @@ def test_pmap_and_shard_map_give_the_same_state(runs):
 
 def test_support_set_size_must_be_a_multiple_of_the_batch():
     with pytest.raises(ValueError, match="support_set_size .* multiple of batch_size"):
-        train.validate(nnclr_config(**{"loss.support_set_size": 40}))
+        train_step.validate(nnclr_config(**{"loss.support_set_size": 40}))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from contrastive_jax import losses, methods, parallel, train
+from contrastive_jax import config_checks, losses, methods, parallel, train_step
 from contrastive_jax.methods import clip, image_text
 from contrastive_jax.models import text
 
@@ -54,7 +54,7 @@ def initial_params(method):
 
 def setup(method="clip", **overrides):
     """A tiny config, the method module, its model and the initial variables."""
-    config = train.resolve_steps(image_text_config(method, **overrides), 64)
+    config = config_checks.resolve_steps(image_text_config(method, **overrides), 64)
     module = methods.get(method)
     return config, module, module.build_model(config, 10, None), initial_params(method)
 
@@ -139,7 +139,7 @@ def test_simcse_term_matches_numpy(method):
         "model.text_dropout": 0.1, "loss.simcse_weight": weight})
     batch, rng = random_pairs(), jax.random.PRNGKey(2)
     params = variables["params"]
-    state = train.TrainState(step=0, params=params, batch_stats={}, opt_state=(), extra={})
+    state = train_step.TrainState(step=0, params=params, batch_stats={}, opt_state=(), extra={})
 
     @jax.jit
     def loss_and_views():
@@ -166,7 +166,7 @@ def test_simcse_weight_zero_leaves_the_clip_loss_unchanged():
     assert config.loss.simcse_weight == 0.0 and config.model.text_dropout == 0.0
     batch = random_pairs()
     params = variables["params"]
-    state = train.TrainState(step=0, params=params, batch_stats={}, opt_state=(), extra={})
+    state = train_step.TrainState(step=0, params=params, batch_stats={}, opt_state=(), extra={})
 
     @jax.jit
     def loss_and_embeddings():
@@ -193,4 +193,4 @@ def test_simcse_weight_zero_leaves_the_clip_loss_unchanged():
 ])
 def test_settings_that_cannot_work_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message):
-        train.validate(image_text_config("siglip", **overrides))
+        train_step.validate(image_text_config("siglip", **overrides))

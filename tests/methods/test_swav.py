@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from contrastive_jax import losses, methods, optim, parallel, train
+from contrastive_jax import config_checks, losses, methods, optim, parallel, train, train_step
 from contrastive_jax.logging import read_metrics
 from contrastive_jax.methods import swav
 from contrastive_jax.models import heads
@@ -121,7 +121,7 @@ def _state_and_gradients(config, steps):
     model = method.build_model(config, 10, None)
     tx, _ = optim.make_optimizer(config.optimizer, total_steps=config.total_steps,
                                  batch_size=config.batch_size)
-    state = jax.jit(lambda: train.create_train_state(method, model, config, tx,
+    state = jax.jit(lambda: train_step.create_train_state(method, model, config, tx,
                                                      jax.random.PRNGKey(0)))()
     rng = np.random.default_rng(0)
     batch = {"view1": rng.random((8, 16, 16, 3), np.float32),
@@ -134,7 +134,7 @@ def _state_and_gradients(config, steps):
 
 
 def test_prototypes_get_no_gradient_while_frozen_and_stay_unit_after_a_step():
-    config = train.resolve_steps(tiny_config("swav", **{
+    config = config_checks.resolve_steps(tiny_config("swav", **{
         "loss.num_prototypes": 12, "loss.freeze_prototypes_steps": 3}), 64)
     state, (frozen, thawed) = _state_and_gradients(config, (2, 3))
     assert float(jnp.abs(frozen["prototypes"]).max()) == 0.0
@@ -152,13 +152,13 @@ def test_prototypes_get_no_gradient_while_frozen_and_stay_unit_after_a_step():
 def test_bad_sinkhorn_settings_are_refused():
     for key, value, message in (("loss.sinkhorn_epsilon", 0.0, "sinkhorn_epsilon must be > 0"),
                                 ("loss.num_prototypes", 0, "num_prototypes must be >= 1")):
-        config = train.resolve_steps(tiny_config("swav", **{key: value}), 64)
+        config = config_checks.resolve_steps(tiny_config("swav", **{key: value}), 64)
         with pytest.raises(ValueError, match=message):
-            train.validate(config)
+            train_step.validate(config)
 
 
 def multicrop_config(**overrides):
-    return train.resolve_steps(tiny_config("swav", **{
+    return config_checks.resolve_steps(tiny_config("swav", **{
         "data.small_crops": 2, "data.small_crop_size": 8, "loss.num_prototypes": 6,
         "loss.freeze_prototypes_steps": 0, **overrides}), 64)
 
@@ -183,7 +183,7 @@ def _multicrop_batch_and_state(config, queue_rows):
     queue = rng.normal(size=(2, QUEUE, 8)).astype(np.float32)
     extra = {"queue": np.asarray(losses.l2_normalize(queue)),
              "queue_ptr": jnp.asarray(16, jnp.int32), "queue_rows": jnp.asarray(queue_rows)}
-    state = train.TrainState(step=jnp.asarray(5, jnp.int32), params=variables["params"],
+    state = train_step.TrainState(step=jnp.asarray(5, jnp.int32), params=variables["params"],
                              batch_stats=variables["batch_stats"], opt_state=None, extra=extra)
     return batch, state
 
@@ -272,7 +272,7 @@ def test_the_queue_gets_the_global_batch_and_waits_until_full():
 ])
 def test_bad_multicrop_settings_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message):
-        train.validate(multicrop_config(**overrides))
+        train_step.validate(multicrop_config(**overrides))
 
 
 @pytest.mark.slow  # 30-50 s on 2 cores: the ResNet's step compiles for two resolutions.

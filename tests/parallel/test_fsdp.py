@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from contrastive_jax import methods, optim, parallel, train
+from contrastive_jax import config_checks, methods, optim, parallel, train, train_step
 from contrastive_jax.parallel import fsdp
 
 from support import assert_trees_equal, final_params, image_text_config, synthetic_batches, tiny_config
@@ -22,12 +22,12 @@ def _run(config, kind, batches):
     method, mesh = methods.get(config.method), parallel.make_mesh()
     tx, schedule = optim.make_optimizer(config.optimizer, total_steps=config.total_steps,
                                         batch_size=config.batch_size)
-    model = method.build_model(config, 10, train.model_axis(config))
-    host_state = jax.device_get(jax.jit(lambda: train.create_train_state(
+    model = method.build_model(config, 10, train_step.model_axis(config))
+    host_state = jax.device_get(jax.jit(lambda: train_step.create_train_state(
         method, model, config, tx, jax.random.PRNGKey(0)))())
     rng = parallel.replicate(jax.random.PRNGKey(1), "shard_map", mesh)
-    shardings, step = train.make_step(method, model, config, tx, schedule, host_state, mesh)
-    state = train.place_state(host_state, shardings, config, mesh)
+    shardings, step = train_step.make_step(method, model, config, tx, schedule, host_state, mesh)
+    state = train_step.place_state(host_state, shardings, config, mesh)
     losses = []
     for batch in batches:
         state, metrics = step(state, parallel.host_batch_to_devices(batch, "shard_map", mesh),
@@ -43,7 +43,7 @@ def test_fsdp_step_equals_shard_map_with_batchnorm_and_the_siglip_ring():
     for config in (tiny_config("simclr", batch_size=32, total_steps=3),
                    image_text_config("siglip", batch_size=32, fsdp_size=4,
                                      **{"loss.siglip_impl": "ring"})):
-        _check_fsdp_equals_shard_map(train.resolve_steps(config, 64))
+        _check_fsdp_equals_shard_map(config_checks.resolve_steps(config, 64))
 
 
 def test_fsdp_with_gradient_caching_equals_shard_map_with_it():
@@ -54,7 +54,7 @@ def test_fsdp_with_gradient_caching_equals_shard_map_with_it():
     sgd = {"optimizer.name": "sgd", "optimizer.learning_rate": 1.0, "optimizer.momentum": 0.0,
            "optimizer.weight_decay": 0.0, "optimizer.lr_scaling": "none",
            "optimizer.warmup_steps": 0, "optimizer.grad_clip_norm": 0.0}
-    config = train.resolve_steps(tiny_config("simclr", batch_size=32, total_steps=1,
+    config = config_checks.resolve_steps(tiny_config("simclr", batch_size=32, total_steps=1,
                                              grad_cache_chunks=2, **sgd), 64)
     batches = synthetic_batches(config, 1)
     want_losses, want = _run(config, "shard_map", batches)
@@ -76,11 +76,11 @@ def _check_fsdp_equals_shard_map(config):
 
 
 def test_each_device_holds_about_an_eighth_of_the_state():
-    config = train.resolve_steps(image_text_config("clip", batch_size=32), 64)
+    config = config_checks.resolve_steps(image_text_config("clip", batch_size=32), 64)
     method = methods.get("clip")
     tx, _ = optim.make_optimizer(config.optimizer, total_steps=3, batch_size=32)
     model = method.build_model(config, 10, None)
-    host_state = jax.device_get(jax.jit(lambda: train.create_train_state(
+    host_state = jax.device_get(jax.jit(lambda: train_step.create_train_state(
         method, model, config, tx, jax.random.PRNGKey(0)))())
     state = fsdp.shard_state(host_state, fsdp.state_shardings(host_state, fsdp.make_mesh()))
     total = sum(np.asarray(x).nbytes for x in jax.tree.leaves(host_state))
@@ -121,6 +121,6 @@ def test_fsdp_mesh_rows_and_a_size_that_does_not_divide_the_devices():
     mesh = fsdp.make_mesh(4)
     assert dict(mesh.shape) == {"data": 2, "fsdp": 4}
     assert list(mesh.devices.flat) == jax.devices()  # The batch lies as on parallel's mesh.
-    config = train.resolve_steps(image_text_config("clip", parallel="fsdp", fsdp_size=3), 64)
+    config = config_checks.resolve_steps(image_text_config("clip", parallel="fsdp", fsdp_size=3), 64)
     with pytest.raises(ValueError, match="fsdp_size=3 does not divide the 8 devices"):
-        train.validate(config)
+        train_step.validate(config)

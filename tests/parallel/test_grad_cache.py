@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from contrastive_jax import methods, parallel, train
+from contrastive_jax import config_checks, methods, parallel, train_step
 from contrastive_jax.parallel import grad_cache
 from contrastive_jax.methods import simclr
 
@@ -18,9 +18,9 @@ def _one_step(config, batch):
     method, kind, mesh = methods.get(config.method), "shard_map", parallel.make_mesh()
     model = method.build_model(config, 10, parallel.AXIS)
     tx = optax.sgd(1.0)
-    state = jax.device_get(jax.jit(lambda: train.create_train_state(
+    state = jax.device_get(jax.jit(lambda: train_step.create_train_state(
         method, model, config, tx, jax.random.PRNGKey(0)))())
-    step = parallel.wrap_step(train.make_train_step(method, model, config, tx, lambda s: 1.0),
+    step = parallel.wrap_step(train_step.make_train_step(method, model, config, tx, lambda s: 1.0),
                               kind, mesh)
     new_state, metrics = step(parallel.replicate(state, kind, mesh),
                               parallel.host_batch_to_devices(batch, kind, mesh),
@@ -53,14 +53,14 @@ def test_cached_gradients_equal_one_pass_for_layernorm_towers(method, overrides)
 def test_simclr_parts_in_one_chunk_equal_the_loss_function():
     """One chunk runs embed / loss-on-embeddings / pull-back: with BatchNorm and the online
     probe, the gradient equals jax.grad of the one-pass loss."""
-    config = train.resolve_steps(tiny_config("simclr", **{"loss.multiplier": 2.0}), 64)
+    config = config_checks.resolve_steps(tiny_config("simclr", **{"loss.multiplier": 2.0}), 64)
     model = simclr.build_model(config, 10, None)
     variables = simclr.init_variables(model, config, jax.random.PRNGKey(0))
     rng = np.random.default_rng(0)
     batch = {"view1": rng.random((6, 16, 16, 3), np.float32),
              "view2": rng.random((6, 16, 16, 3), np.float32),
              "label": rng.integers(0, 10, 6).astype(np.int32)}
-    state = train.TrainState(step=0, params=variables["params"],
+    state = train_step.TrainState(step=0, params=variables["params"],
                              batch_stats=variables["batch_stats"], opt_state=(), extra={})
     (want_loss, (want_changes, _)), want_grads = jax.jit(jax.value_and_grad(
         lambda p: simclr.loss_fn(model, config, p, state, batch, None, None),
@@ -80,7 +80,7 @@ def test_simclr_parts_in_one_chunk_equal_the_loss_function():
     ("simclr", 0, "must be >= 1"),
 ])
 def test_bad_grad_cache_chunks_are_refused(method, chunks, message):
-    config = train.resolve_steps(tiny_config(method, batch_size=32, grad_cache_chunks=chunks),
+    config = config_checks.resolve_steps(tiny_config(method, batch_size=32, grad_cache_chunks=chunks),
                                  64)
     with pytest.raises(ValueError, match=message):
-        train.validate(config)
+        train_step.validate(config)

@@ -1,0 +1,191 @@
+"""The train state, the one per-device train step, and the program a run compiles.
+
+`build_program(config, num_classes, mesh)` is everything a run compiles, made from the config
+alone: the method's model, the optimizer, the state's shapes and layout, and the wrapped step,
+the per-device `make_train_step` under pmap or jit + shard_map, or `fsdp.make_step` with the
+state split. Both end in `apply_gradients`, so an update means the same under every layout.
+The Trainer (train.py) runs it; `aot` compiles it for a TPU slice.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any, Callable, NamedTuple
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from contrastive_jax import config_checks, methods, optim, parallel
+from contrastive_jax.parallel import fsdp, grad_cache
+
+
+AUGMENT_ON = ("host", "device")  # Where training views are drawn: tf.data, or the accelerators.
+
+
+# How the step runs: one per-device function (parallel.py), or the state split over the devices.
+PARALLEL = (*parallel.KINDS, "fsdp")
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step reads and writes. `extra` is the method's own state, updated by the
+    step but not by the optimizer: MoCo's key encoder and queue; empty for the other methods."""
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    extra: Any
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+    """Refuses configs that cannot run on `num_devices` (default: every device), with a
+    message naming the field."""
+    num_devices = num_devices or jax.device_count()
+    config_checks.check_ranges(config)
+    if config.parallel not in PARALLEL:
+        raise ValueError(f"config.parallel must be one of {PARALLEL}, got {config.parallel!r}")
+    if config.total_steps <= 0:
+        raise ValueError(f"config.total_steps must be > 0, got {config.total_steps}")
+    if config.get("profile_steps", 0) < 0:
+        raise ValueError(f"config.profile_steps must be >= 0, got {config.profile_steps}")
+    parallel.per_device_batch_size(config.batch_size, num_devices)
+    method = methods.get(config.method)
+    if config.data.augment_on not in AUGMENT_ON:
+        raise ValueError(f"config.data.augment_on must be one of {AUGMENT_ON}, got "
+                         f"{config.data.augment_on!r}")
+    if config.data.augment_on == "device" and getattr(method, "IMAGE_TEXT", False):
+        raise ValueError(f"config.data.augment_on='device' makes two-view image batches; "
+                         f"method {config.method!r} reads image-text pairs: use 'host'")
+    if hasattr(method, "validate"):
+        method.validate(config)
+    grad_cache.validate(config, method, num_devices)
+    fsdp.validate(config, method, num_devices)
+
+
+def create_train_state(method, model, config: ml_collections.ConfigDict,
+                       tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+    """Freshly initialised parameters, BatchNorm statistics, optimizer and method state."""
+    init_rng, extra_rng = jax.random.split(rng)
+    variables = method.init_variables(model, config, init_rng)
+    params = variables["params"]
+    init_extra = getattr(method, "init_extra", None)
+    extra = init_extra(config, variables, extra_rng) if init_extra else {}
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+                      extra=extra)
+
+
+def make_optimizer(method, config: ml_collections.ConfigDict
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """`config.optimizer`'s optimizer and schedule; the parameters that the method's optional
+    `frozen_params(config, params)` marks get no update at all (MoCo v3's patch projection)."""
+    tx, schedule = optim.make_optimizer(config.optimizer, total_steps=config.total_steps,
+                                        batch_size=config.batch_size)
+    frozen_params = getattr(method, "frozen_params", None)
+    if frozen_params is not None:
+        tx = optim.freeze(tx, lambda params: frozen_params(config, params))
+    return tx, schedule
+
+
+def make_train_step(method, model, config, tx, schedule) -> Callable:
+    """The per-device step `(state, batch, rng) -> (state, metrics)` for either wrapper.
+
+    The method's loss returns the state fields it changes besides the parameters (BatchNorm
+    statistics, MoCo's queue); its optional `after_update(config, state)` then sees the updated
+    parameters (MoCo's momentum encoder, CLIP's clamped scale). Gradients and metrics are
+    `pmean`-ed over the `data` axis; BatchNorm statistics are already identical on every device
+    because BatchNorm averages its batch moments over the axis. The loss gets the step's key,
+    the same on every device; a method that wants per-device randomness folds in the axis index.
+    With `grad_cache_chunks` > 1 the gradient comes from `grad_cache.value_and_grad` over the
+    method's `loss_parts`, chunk by chunk.
+    """
+    axis = parallel.AXIS
+    after_update = getattr(method, "after_update", lambda config, state: state)
+    num_chunks = config.get("grad_cache_chunks", 1)
+
+    def step(state: TrainState, batch, rng):
+        rng = jax.random.fold_in(rng, state.step)
+        if num_chunks > 1:
+            (loss, (changes, metrics)), grads = grad_cache.value_and_grad(
+                method.loss_parts(model, config, axis), state.params, state.batch_stats, batch,
+                num_chunks)
+        else:
+            grad_fn = jax.value_and_grad(
+                lambda p: method.loss_fn(model, config, p, state, batch, rng, axis),
+                has_aux=True)
+            (loss, (changes, metrics)), grads = grad_fn(state.params)
+        new_state = optim.apply_gradients(state, jax.lax.pmean(grads, axis), tx, changes,
+                                          lambda new: after_update(config, new))
+        metrics = jax.lax.pmean({**metrics, "loss": loss}, axis)
+        metrics["learning_rate"] = schedule(state.step)
+        return new_state, metrics
+
+    return step
+
+
+def layout_kind(config: ml_collections.ConfigDict) -> parallel.Kind:
+    """How batches, keys and metrics are laid out: fsdp uses shard_map's global arrays."""
+    return "shard_map" if config.parallel == "fsdp" else config.parallel
+
+
+def model_axis(config: ml_collections.ConfigDict) -> str | None:
+    """The BatchNorm axis the training model is built with: none under fsdp, whose model runs
+    on global arrays and so sees the whole batch."""
+    return None if config.parallel == "fsdp" else parallel.AXIS
+
+
+def make_step(method, model, config: ml_collections.ConfigDict,
+              tx: optax.GradientTransformation, schedule: optax.Schedule, state_shapes,
+              mesh) -> tuple[Any, Callable]:
+    """(the state's shardings, the wrapped step) for `config.parallel`: the per-device step
+    under pmap or shard_map with the state replicated, or fsdp.make_step with it split."""
+    if config.parallel == "fsdp":
+        fsdp_mesh = fsdp.make_mesh(config.get("fsdp_size", 0), list(mesh.devices.flat))
+        shardings = fsdp.state_shardings(state_shapes, fsdp_mesh)
+        return shardings, fsdp.make_step(method, model, config, tx, schedule, fsdp_mesh,
+                                         shardings)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return (jax.tree.map(lambda _: replicated, state_shapes),
+            parallel.wrap_step(make_train_step(method, model, config, tx, schedule),
+                               config.parallel, mesh))
+
+
+class Program(NamedTuple):
+    """What a run compiles, made from the config alone: no data read, no parameters made."""
+
+    method: ModuleType
+    model: nn.Module
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    init_state: Callable[[], TrainState]  # The fresh state of `config.seed`.
+    state_shapes: Any  # `jax.ShapeDtypeStruct`s of the TrainState.
+    state_shardings: Any
+    step: Callable  # The wrapped `(state, batch, rng) -> (state, metrics)`.
+
+
+def build_program(config: ml_collections.ConfigDict, num_classes: int, mesh) -> Program:
+    """The model, optimizer, state layout and wrapped step of `config` on `mesh`'s devices,
+    as the Trainer runs them and `aot` compiles them for a TPU slice."""
+    method = methods.get(config.method)
+    model = method.build_model(config, num_classes, model_axis(config))
+    tx, schedule = make_optimizer(method, config)
+
+    def init_state() -> TrainState:
+        return create_train_state(method, model, config, tx, jax.random.PRNGKey(config.seed))
+
+    state_shapes = jax.eval_shape(init_state)
+    shardings, step = make_step(method, model, config, tx, schedule, state_shapes, mesh)
+    return Program(method, model, tx, schedule, init_state, state_shapes, shardings, step)
+
+
+def place_state(host_state, shardings, config: ml_collections.ConfigDict, mesh):
+    """A host state on the devices as `make_step`'s step takes it."""
+    if config.parallel == "fsdp":
+        return fsdp.shard_state(host_state, shardings)
+    return parallel.replicate(host_state, config.parallel, mesh)
