@@ -14,8 +14,9 @@ import jax
 import ml_collections
 from absl import app
 
-from contrastive_jax import checkpoints, cli, config_checks, methods, parallel, runtime, train_step
+from contrastive_jax import checkpoints, cli, config_checks, methods, runtime
 from contrastive_jax.evaluation import linear_protocol
+from contrastive_jax.parallel.layout import Layout
 from contrastive_jax.logging import MetricWriter
 
 
@@ -31,10 +32,10 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> tuple[i
     checkpoints.check_config(workdir, config, write=False)
     writer = MetricWriter(workdir, start_step=None)
     restored = checkpoints.restore(workdir)
-    mesh = parallel.make_mesh()
-    variables = parallel.replicate(restored.variables, train_step.layout_kind(config), mesh)
+    layout = Layout.from_config(config)
+    variables = layout.replicate(restored.variables)
     encode_fn = methods.get(config.method).encoder_features(restored.model)
-    results = linear_protocol.linear_eval(config, variables, encode_fn, mesh=mesh)
+    results = linear_protocol.linear_eval(config, variables, encode_fn, layout)
     writer.write(restored.step, results)
     writer.close()
     return restored.step, results

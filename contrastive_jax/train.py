@@ -19,11 +19,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 from clu import parameter_overview
-from jax.sharding import NamedSharding, PartitionSpec
 
-from contrastive_jax import checkpoints, config_checks, data, parallel, train_step
+from contrastive_jax import checkpoints, config_checks, data, train_step
 from contrastive_jax import workdir as workdir_lib
 from contrastive_jax.evaluation import evaluators, linear_protocol
+from contrastive_jax.parallel.layout import Layout
 from contrastive_jax.logging import MetricWriter, NoProgressReport
 
 # The data modules and clu's writers (TensorFlow) are imported where data is read and metrics are
@@ -80,10 +80,8 @@ class Trainer:
         if config.eval.linear_eval:
             linear_protocol.validate(config, self.info.num_classes)
         self.workdir = workdir
-        self.is_fsdp = config.parallel == "fsdp"
-        self.kind = train_step.layout_kind(config)
-        self.mesh = parallel.make_mesh()
-        program = train_step.build_program(config, self.info.num_classes, self.mesh)
+        self.layout = Layout.from_config(config)
+        program = train_step.build_program(config, self.info.num_classes, self.layout)
         self.method, self.model, self.tx, self.schedule = (
             program.method, program.model, program.tx, program.schedule)
         self.state_shardings, self.train_step = program.state_shardings, program.step
@@ -130,18 +128,15 @@ class Trainer:
             lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
             self.state_shapes, self.state_shardings)
         found = checkpoints.restore_newest(self.workdir, abstract)
-        if found is None and self.is_fsdp:  # Made split: the whole state need not fit a device.
+        if found is None and self.layout.is_fsdp:  # Made split: the whole state need not fit.
             return jax.jit(self._fresh_state, out_shardings=self.state_shardings)()
         if found is None:
-            return parallel.replicate(jax.device_get(jax.jit(self._fresh_state)()), self.kind,
-                                      self.mesh)
+            return self.layout.replicate(jax.device_get(jax.jit(self._fresh_state)()))
         step, restored = found
         self.checkpoints.reload()  # Newer checkpoints that did not restore were set aside.
         self._warn_if_batch_size_changed(step)
         absl_logging.info("Restored checkpoint at step %d", step)
-        if self.kind == "shard_map":
-            return restored
-        return parallel.replicate(parallel.unreplicate(restored, "shard_map"), "pmap", self.mesh)
+        return self.layout.from_checkpoint(restored)
 
     def _warn_if_batch_size_changed(self, step: int) -> None:
         old = self.saved_config.get("batch_size") if self.saved_config else None
@@ -153,11 +148,9 @@ class Trainer:
 
     def save(self, state: train_step.TrainState, step: int) -> None:
         """Saves a checkpoint (atomically, in the background) of the replicated state."""
-        if self.kind == "pmap":
-            state = parallel.replicate(parallel.unreplicate(state, "pmap"), "shard_map",
-                                       self.mesh)
         try:
-            self.checkpoints.save(step, args=ocp.args.StandardSave(state))
+            self.checkpoints.save(step, args=ocp.args.StandardSave(
+                self.layout.for_checkpoint(state)))
         except Exception as error:  # Also a failure of the previous save, surfaced here.
             raise self._save_error(error) from error
 
@@ -179,7 +172,7 @@ class Trainer:
     def _build_evaluators(self) -> dict[str, evaluators.Evaluator]:
         eval_model = self.method.build_model(self.config, self.info.num_classes, None)
         return evaluators.build(self.evaluator_names, self.config, self.method, eval_model,
-                                self.info, self.kind, self.mesh)
+                                self.info, self.layout)
 
     def evaluate(self, state: train_step.TrainState) -> dict[str, float]:
         """The metrics of the evaluators that `config.eval.evaluators` names, for this state."""
@@ -188,20 +181,16 @@ class Trainer:
         return evaluators.run_all(self.evaluators, self.evaluation_variables(state))
 
     def evaluation_variables(self, state: train_step.TrainState) -> dict:
-        """The model's variables as the evaluation functions take them: in the layout of
-        `self.kind`, whole on every device (gathered from fsdp's split state)."""
-        variables = {"params": state.params, "batch_stats": state.batch_stats}
-        if self.is_fsdp:
-            variables = jax.jit(lambda tree: tree, out_shardings=NamedSharding(
-                self.mesh, PartitionSpec()))(variables)
-        return variables
+        """The model's variables as the evaluation functions take them: in this run's layout,
+        whole on every device (gathered from fsdp's split state)."""
+        return self.layout.whole({"params": state.params, "batch_stats": state.batch_stats})
 
     def linear_eval(self, state: train_step.TrainState) -> dict[str, float]:
         """SimCLR's linear evaluation protocol on this state's frozen encoder."""
         encoder_model = self.method.build_model(self.config, self.info.num_classes, None)
         return linear_protocol.linear_eval(self.config, self.evaluation_variables(state),
                                            self.method.encoder_features(encoder_model),
-                                           mesh=self.mesh)
+                                           self.layout)
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -213,14 +202,12 @@ class Trainer:
                       start_step=start_step)
         if config.data.augment_on == "device":
             from contrastive_jax.data import device_input
-            return device_input.train_batches(config.data, kind=self.kind, mesh=self.mesh,
-                                              **kwargs)
+            return device_input.train_batches(config.data, layout=self.layout, **kwargs)
         if self.is_image_text:
             from contrastive_jax.data import image_text_pipeline as pipeline
         else:
             from contrastive_jax.data import input_pipeline as pipeline
-        return parallel.prefetch_to_devices(pipeline.train_iterator(config.data, **kwargs),
-                                            self.kind, self.mesh)
+        return self.layout.prefetch(pipeline.train_iterator(config.data, **kwargs))
 
     def _log_start(self, writer: MetricWriter) -> None:
         """The config as TensorBoard hyperparameters, and a table of the parameters' names,
@@ -250,7 +237,7 @@ class Trainer:
         """Trains from the newest checkpoint to `total_steps`; returns the last metrics."""
         config = self.config
         state = self.initial_state()
-        start = int(parallel.unreplicate(state.step, self.kind))
+        start = int(self.layout.unreplicate(state.step))
         writer = MetricWriter(self.workdir, start_step=start)
         self._log_start(writer)
         report, profile = self._periodic_actions(writer, start)
@@ -258,7 +245,7 @@ class Trainer:
         if start == 0 and evaluating and config.eval_at_start:
             writer.write(0, self.evaluate(state))
         batches = self._train_batches(start)
-        rng = parallel.replicate(jax.random.PRNGKey(config.seed + 1), self.kind, self.mesh)
+        rng = self.layout.replicate(jax.random.PRNGKey(config.seed + 1))
         preemption = _Preemption()
         last: dict[str, float] = {}
         timer = time.perf_counter()
@@ -273,7 +260,7 @@ class Trainer:
                     profile(step)
                 is_last = step == config.total_steps
                 if step % config.log_every == 0 or is_last:
-                    last = _finite_metrics(parallel.unreplicate(metrics, self.kind), step)
+                    last = _finite_metrics(self.layout.unreplicate(metrics), step)
                     elapsed = time.perf_counter() - timer
                     last["examples_per_sec"] = timed_steps * config.batch_size / elapsed
                     seconds_left = elapsed / timed_steps * (config.total_steps - step)
@@ -289,7 +276,7 @@ class Trainer:
                     timer, timed_steps = time.perf_counter(), 0
                 preempted = preemption.reached(step)
                 if step % config.checkpoint_every == 0 or is_last or preempted:
-                    _finite_metrics(parallel.unreplicate(metrics, self.kind), step)
+                    _finite_metrics(self.layout.unreplicate(metrics), step)
                     _check_finite_state(state, step)
                     self.save(state, step)
                 if preempted and not is_last:

@@ -1,6 +1,6 @@
 """The train state, the one per-device train step, and the program a run compiles.
 
-`build_program(config, num_classes, mesh)` is everything a run compiles, made from the config
+`build_program(config, num_classes, layout)` is everything a run compiles, made from the config
 alone: the method's model, the optimizer, the state's shapes and layout, and the wrapped step,
 the per-device `make_train_step` under pmap or jit + shard_map, or `fsdp.make_step` with the
 state split. Both end in `apply_gradients`, so an update means the same under every layout.
@@ -18,17 +18,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from jax.sharding import NamedSharding, PartitionSpec
 
 from contrastive_jax import config_checks, methods, optim, parallel
 from contrastive_jax.parallel import fsdp, grad_cache
-
+from contrastive_jax.parallel.layout import PARALLEL, Layout
 
 AUGMENT_ON = ("host", "device")  # Where training views are drawn: tf.data, or the accelerators.
-
-
-# How the step runs: one per-device function (parallel.py), or the state split over the devices.
-PARALLEL = (*parallel.KINDS, "fsdp")
 
 
 @flax.struct.dataclass
@@ -129,31 +124,17 @@ def make_train_step(method, model, config, tx, schedule) -> Callable:
     return step
 
 
-def layout_kind(config: ml_collections.ConfigDict) -> parallel.Kind:
-    """How batches, keys and metrics are laid out: fsdp uses shard_map's global arrays."""
-    return "shard_map" if config.parallel == "fsdp" else config.parallel
-
-
-def model_axis(config: ml_collections.ConfigDict) -> str | None:
-    """The BatchNorm axis the training model is built with: none under fsdp, whose model runs
-    on global arrays and so sees the whole batch."""
-    return None if config.parallel == "fsdp" else parallel.AXIS
-
-
 def make_step(method, model, config: ml_collections.ConfigDict,
               tx: optax.GradientTransformation, schedule: optax.Schedule, state_shapes,
-              mesh) -> tuple[Any, Callable]:
-    """(the state's shardings, the wrapped step) for `config.parallel`: the per-device step
-    under pmap or shard_map with the state replicated, or fsdp.make_step with it split."""
-    if config.parallel == "fsdp":
-        fsdp_mesh = fsdp.make_mesh(config.get("fsdp_size", 0), list(mesh.devices.flat))
-        shardings = fsdp.state_shardings(state_shapes, fsdp_mesh)
-        return shardings, fsdp.make_step(method, model, config, tx, schedule, fsdp_mesh,
-                                         shardings)
-    replicated = NamedSharding(mesh, PartitionSpec())
-    return (jax.tree.map(lambda _: replicated, state_shapes),
-            parallel.wrap_step(make_train_step(method, model, config, tx, schedule),
-                               config.parallel, mesh))
+              layout: Layout) -> tuple[Any, Callable]:
+    """(the state's shardings, the wrapped step) in `layout`: the per-device step under pmap or
+    shard_map with the state replicated, or fsdp.make_step with it split."""
+    shardings = layout.state_shardings(state_shapes)
+    if layout.is_fsdp:
+        return shardings, fsdp.make_step(method, model, config, tx, schedule,
+                                         layout.fsdp_mesh(), shardings)
+    step = make_train_step(method, model, config, tx, schedule)
+    return shardings, parallel.wrap_step(step, layout.kind, layout.mesh)
 
 
 class Program(NamedTuple):
@@ -169,23 +150,17 @@ class Program(NamedTuple):
     step: Callable  # The wrapped `(state, batch, rng) -> (state, metrics)`.
 
 
-def build_program(config: ml_collections.ConfigDict, num_classes: int, mesh) -> Program:
-    """The model, optimizer, state layout and wrapped step of `config` on `mesh`'s devices,
-    as the Trainer runs them and `aot` compiles them for a TPU slice."""
+def build_program(config: ml_collections.ConfigDict, num_classes: int, layout: Layout
+                  ) -> Program:
+    """The model, optimizer, state layout and wrapped step of `config` in `layout`, as the
+    Trainer runs them and `aot` compiles them for a TPU slice."""
     method = methods.get(config.method)
-    model = method.build_model(config, num_classes, model_axis(config))
+    model = method.build_model(config, num_classes, layout.bn_axis)
     tx, schedule = make_optimizer(method, config)
 
     def init_state() -> TrainState:
         return create_train_state(method, model, config, tx, jax.random.PRNGKey(config.seed))
 
     state_shapes = jax.eval_shape(init_state)
-    shardings, step = make_step(method, model, config, tx, schedule, state_shapes, mesh)
+    shardings, step = make_step(method, model, config, tx, schedule, state_shapes, layout)
     return Program(method, model, tx, schedule, init_state, state_shapes, shardings, step)
-
-
-def place_state(host_state, shardings, config: ml_collections.ConfigDict, mesh):
-    """A host state on the devices as `make_step`'s step takes it."""
-    if config.parallel == "fsdp":
-        return fsdp.shard_state(host_state, shardings)
-    return parallel.replicate(host_state, config.parallel, mesh)

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from contrastive_jax import checkpoints, export, linear_eval, parallel, train
+from contrastive_jax import checkpoints, export, linear_eval, train
 
 from support import image_text_config, random_like, tiny_config
 
@@ -34,7 +34,7 @@ def saved_workdir(directory, config, steps=(1,)):
     trainer = train.Trainer(config, workdir)
     for seed, step in enumerate(steps):
         host_state = random_like(trainer.state_shapes, seed)
-        trainer.save(parallel.replicate(host_state, trainer.kind, trainer.mesh), step)
+        trainer.save(trainer.layout.replicate(host_state), step)
     trainer.wait_for_saves()
     trainer.release_workdir()
     return workdir, host_state

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from contrastive_jax import checkpoints, export, methods, parallel, train, train_step
+from contrastive_jax import checkpoints, export, methods, train, train_step
 from contrastive_jax.models import resnet
 
 from support import REPO, image_text_config, random_like, tiny_config
@@ -170,7 +170,7 @@ def checkpointed_workdir(tmp_path_factory):
     trainer = train.Trainer(tiny_config(eval_every=-1), workdir)
     shapes = jax.eval_shape(lambda: train_step.create_train_state(
         trainer.method, trainer.model, trainer.config, trainer.tx, jax.random.PRNGKey(0)))
-    trainer.save(parallel.replicate(random_like(shapes), trainer.kind, trainer.mesh), 1)
+    trainer.save(trainer.layout.replicate(random_like(shapes)), 1)
     trainer.wait_for_saves()
     return workdir
 

@@ -18,6 +18,7 @@ from contrastive_jax import parallel, train
 from contrastive_jax.data import sources as data_sources, input_pipeline
 from contrastive_jax.evaluation import evaluators
 from contrastive_jax.logging import MetricWriter, read_metrics
+from contrastive_jax.parallel.layout import Layout
 
 from support import final_params, tiny_config
 
@@ -148,8 +149,8 @@ def test_knn_and_linear_share_one_extraction_per_split(monkeypatch):
     chosen = evaluators.names(config, method, data_sources.dataset_info(config.data))
     assert chosen == ("knn", "linear")
     built = evaluators.build(chosen, config, method, None,
-                             data_sources.dataset_info(config.data), "shard_map",
-                             parallel.make_mesh())
+                             data_sources.dataset_info(config.data),
+                             Layout("shard_map", parallel.make_mesh()))
     alone = {**built["knn"].run({}), **built["linear"].run({})}
     splits = []
     eval_iterator = input_pipeline.eval_iterator

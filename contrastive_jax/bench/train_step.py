@@ -27,10 +27,11 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from contrastive_jax import cli, methods, parallel, train_step
+from contrastive_jax import cli, methods, train_step
 from contrastive_jax.compilation import compile_report, flops
 from contrastive_jax.data import device_input
 from contrastive_jax.parallel import fsdp
+from contrastive_jax.parallel.layout import Layout
 
 config_flags.DEFINE_config_file("config", "configs/demo.py", "Config whose model is timed.")
 flags.DEFINE_integer("steps", 5, "Timed steps per case.")
@@ -49,40 +50,39 @@ def random_batch(shapes: dict[str, jax.ShapeDtypeStruct], seed: int = 0) -> dict
             for name, s in shapes.items()}
 
 
-def device_batches(config, kind, mesh) -> Iterator:
+def device_batches(config, layout: Layout) -> Iterator:
     """Batches on the devices: one random batch of the method's shapes reused every step, or,
     with `data.augment_on = "device"`, views drawn on the devices every step from a resident
     split of `FLAGS.resident_examples` random uint8 images (the step plus its augmentation)."""
     method = methods.get(config.method)
     if config.data.augment_on != "device":
-        batch = parallel.host_batch_to_devices(
-            random_batch(method.batch_shapes(config, config.batch_size // jax.process_count())),
-            kind, mesh)
+        batch = layout.to_devices(
+            random_batch(method.batch_shapes(config, config.batch_size // jax.process_count())))
         return itertools.repeat(batch)
     size = config.data.image_size
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (FLAGS.resident_examples, size, size, 3), np.uint8)
     labels = rng.integers(0, 10, FLAGS.resident_examples).astype(np.int32)
-    split = device_input.ResidentSplit(images, labels, kind, mesh)
+    split = device_input.ResidentSplit(images, labels, layout)
     return device_input.resident_batches(config.data, split, global_batch_size=config.batch_size,
-                                         seed=0, start_step=0, kind=kind, mesh=mesh)
+                                         seed=0, start_step=0, layout=layout)
 
 
 def time_step(config, steps: int) -> dict:
     """Seconds per step of the config's method's train step on random device-resident
     batches."""
-    mesh, kind = parallel.make_mesh(), train_step.layout_kind(config)
+    layout = Layout.from_config(config)
     config = config.copy_and_resolve_references()
     config.total_steps = steps + 1  # The schedule of this many steps, as before.
     config.seed = 0
-    program = train_step.build_program(config, 10, mesh)  # As training builds it.
+    program = train_step.build_program(config, 10, layout)  # As training builds it.
     host_state = jax.device_get(jax.jit(program.init_state)())
     step, shardings = program.step, program.state_shardings
-    state = train_step.place_state(host_state, shardings, config, mesh)
-    state_bytes = fsdp.bytes_per_device(state) if kind == "shard_map" else sum(
+    state = layout.place_state(host_state, shardings)
+    state_bytes = fsdp.bytes_per_device(state) if layout.kind == "shard_map" else sum(
         np.asarray(x).nbytes for x in jax.tree.leaves(host_state))
-    batches = device_batches(config, kind, mesh)
-    key = parallel.replicate(jax.random.PRNGKey(1), kind, mesh)
+    batches = device_batches(config, layout)
+    key = layout.replicate(jax.random.PRNGKey(1))
     state, metrics = step(state, next(batches), key)
     jax.block_until_ready(metrics)
     start = time.perf_counter()
@@ -94,7 +94,7 @@ def time_step(config, steps: int) -> dict:
            "examples_per_sec": round(config.batch_size / seconds, 1),
            "state_mb_per_device": round(state_bytes / 2**20, 2)}
     if config.data.augment_on != "device":  # The step alone, without the augmentation.
-        per_example = model_flops_per_step(config, mesh) / config.batch_size
+        per_example = model_flops_per_step(config) / config.batch_size
         per_device = per_example * config.batch_size / seconds / jax.device_count()
         row["train_gflops_per_example"] = float(f"{per_example / 1e9:.4g}")
         row["model_tflops_per_sec_per_device"] = round(per_device / 1e12, 3)
@@ -103,7 +103,7 @@ def time_step(config, steps: int) -> dict:
     return row
 
 
-def model_flops_per_step(config, mesh) -> float:
+def model_flops_per_step(config) -> float:
     """FLOPs of the step's matrix products over the global batch, from its jaxpr, with the
     transformer blocks' remat off (model FLOPs: recomputation is not counted)."""
     config = config.copy_and_resolve_references()
@@ -111,9 +111,10 @@ def model_flops_per_step(config, mesh) -> float:
         config.model.remat_policy = "none"
     if config.parallel == "pmap":  # The same per-device step, on global shapes.
         config.parallel = "shard_map"
-    program = train_step.build_program(config, 10, mesh)
+    layout = Layout.from_config(config)
+    program = train_step.build_program(config, 10, layout)
     return flops.step_flops(program.step,
-                            *compile_report.abstract_arguments(program, config, mesh))
+                            *compile_report.abstract_arguments(program, config, layout))
 
 
 def main(argv) -> None:

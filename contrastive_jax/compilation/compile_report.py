@@ -26,6 +26,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from contrastive_jax import config_checks, parallel, train_step
 from contrastive_jax.compilation import flops, tpu_topology
 from contrastive_jax.compilation.tpu_topology import GIB, Slice
+from contrastive_jax.parallel.layout import Layout
 
 # Classes of TFDS datasets the configs name, so a slice check needs no dataset on disk; other
 # sources are looked up without reading data (folder: its class folders), or `num_classes`.
@@ -77,18 +78,19 @@ def slice_config(config: ml_collections.ConfigDict, num_chips: int
     return config
 
 
-def abstract_arguments(program: train_step.Program, config: ml_collections.ConfigDict, mesh):
+def abstract_arguments(program: train_step.Program, config: ml_collections.ConfigDict,
+                       layout: Layout):
     """(state, batch, rng) as `jax.ShapeDtypeStruct`s laid out as training lays them out: the
     state by its shardings, the global batch split over the `data` axis, the key replicated."""
     state = jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype,
                                                                   sharding=sharding),
                          program.state_shapes, program.state_shardings)
-    split = NamedSharding(mesh, PartitionSpec(parallel.AXIS))
+    split = NamedSharding(layout.mesh, PartitionSpec(parallel.AXIS))
     batch = {name: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=split)
              for name, s in program.method.batch_shapes(config, config.batch_size).items()}
     key = jax.eval_shape(lambda: jax.random.PRNGKey(0))
     rng = jax.ShapeDtypeStruct(key.shape, key.dtype,
-                               sharding=NamedSharding(mesh, PartitionSpec()))
+                               sharding=NamedSharding(layout.mesh, PartitionSpec()))
     return state, batch, rng
 
 
@@ -211,9 +213,9 @@ def compile_step(config: ml_collections.ConfigDict, tpu_slice: Slice, devices: l
                  hbm_bytes: float, num_classes: int) -> dict[str, Any]:
     """Compiles `config`'s train step for `tpu_slice` (its `devices`); the report as a dict
     (see the module docstring). `config` comes from `slice_config`."""
-    mesh = parallel.make_mesh(devices)
-    program = train_step.build_program(config, num_classes, mesh)
-    state, batch, rng = abstract_arguments(program, config, mesh)
+    layout = Layout.from_config(config, devices)
+    program = train_step.build_program(config, num_classes, layout)
+    state, batch, rng = abstract_arguments(program, config, layout)
     started = time.perf_counter()
     traced = jax.jit(program.step, donate_argnums=0).trace(state, batch, rng)
     report: dict[str, Any] = {

@@ -28,6 +28,7 @@ from jax.sharding import PartitionSpec as P
 
 from contrastive_jax import parallel
 from contrastive_jax.augment import device as device_augment
+from contrastive_jax.parallel.layout import Layout
 
 _ORDER_SALT = 0x0D3E  # Keeps the example order apart from the augmentation keys.
 _LOAD_BATCH = 1024  # Examples decoded per tf.data batch while loading a split into memory.
@@ -111,10 +112,10 @@ class ResidentSplit:
     """A split's images and labels sharded over the mesh's `data` axis, each device holding
     `rows_per_device` consecutive examples (`parallel.shard_rows`)."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, kind: parallel.Kind, mesh):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, layout: Layout):
         self.num_examples = len(labels)
-        self.arrays, self.rows_per_device = parallel.shard_rows(
-            {"images": images, "labels": labels}, kind, mesh)
+        self.arrays, self.rows_per_device = layout.shard_rows(
+            {"images": images, "labels": labels})
 
 
 def gather_rows(shard: jax.Array, indices: jax.Array, axis_name: str) -> jax.Array:
@@ -198,18 +199,16 @@ def resident_views_fn(seed: int, specs, axis_name: str = parallel.AXIS):
 
 
 def resident_batches(data_config: ml_collections.ConfigDict, split: ResidentSplit, *,
-                     global_batch_size: int, seed: int, start_step: int, kind: parallel.Kind,
-                     mesh) -> Iterator[PyTree]:
+                     global_batch_size: int, seed: int, start_step: int,
+                     layout: Layout) -> Iterator[PyTree]:
     """Device batches in the step's layout, from `start_step` on, forever."""
-    views = parallel.wrap(resident_views_fn(seed, device_augment.view_specs(data_config)), kind,
-                          mesh, in_specs=(P(parallel.AXIS), P(), P()),
-                          out_specs=P(parallel.AXIS))
+    views = layout.wrap(resident_views_fn(seed, device_augment.view_specs(data_config)),
+                        in_specs=(P(parallel.AXIS), P(), P()), out_specs=P(parallel.AXIS))
     order = GlobalOrder(split.num_examples, seed)
     step = start_step
     while True:
         epochs, indices = order.batch(step, global_batch_size)
-        yield views(split.arrays, parallel.replicate(epochs, kind, mesh),
-                    parallel.replicate(indices, kind, mesh))
+        yield views(split.arrays, layout.replicate(epochs), layout.replicate(indices))
         step += 1
 
 
@@ -227,21 +226,21 @@ def host_crop_views_fn(seed: int, specs):
 
 
 def host_crop_batches(data_config: ml_collections.ConfigDict, *, global_batch_size: int,
-                      seed: int, start_step: int, kind: parallel.Kind, mesh) -> Iterator[PyTree]:
+                      seed: int, start_step: int, layout: Layout) -> Iterator[PyTree]:
     """Device batches in the step's layout from host crops, two steps ahead, coloured on the
     devices."""
     from contrastive_jax.data import input_pipeline
 
     crops = input_pipeline.crop_iterator(data_config, global_batch_size=global_batch_size,
                                          seed=seed, start_step=start_step)
-    colour = parallel.wrap(host_crop_views_fn(seed, device_augment.view_specs(data_config)),
-                           kind, mesh, in_specs=(P(parallel.AXIS),), out_specs=P(parallel.AXIS))
-    for batch in parallel.prefetch_to_devices(crops, kind, mesh):
+    colour = layout.wrap(host_crop_views_fn(seed, device_augment.view_specs(data_config)),
+                         in_specs=(P(parallel.AXIS),), out_specs=P(parallel.AXIS))
+    for batch in layout.prefetch(crops):
         yield colour(batch)
 
 
 def train_batches(data_config: ml_collections.ConfigDict, *, global_batch_size: int, seed: int,
-                  start_step: int, kind: parallel.Kind, mesh) -> Iterator[PyTree]:
+                  start_step: int, layout: Layout) -> Iterator[PyTree]:
     """The training batches of `augment_on = "device"`: from the split kept in device memory
     when it fits (`fits_on_devices`), else from host crops coloured on the devices."""
     if not fits_on_devices(data_config):
@@ -249,10 +248,10 @@ def train_batches(data_config: ml_collections.ConfigDict, *, global_batch_size: 
                           "data.device_resident_max_mb, or images of many sizes): the hosts "
                           "crop, the devices apply the colour changes")
         return host_crop_batches(data_config, global_batch_size=global_batch_size, seed=seed,
-                                 start_step=start_step, kind=kind, mesh=mesh)
+                                 start_step=start_step, layout=layout)
     images, labels = load_split(data_config, data_config.get("train_split", "train"))
     absl_logging.info("Keeping %d training images (%.0f MB) on the devices", len(labels),
                       images.nbytes / 2**20)
-    split = ResidentSplit(images, labels, kind, mesh)
+    split = ResidentSplit(images, labels, layout)
     return resident_batches(data_config, split, global_batch_size=global_batch_size, seed=seed,
-                            start_step=start_step, kind=kind, mesh=mesh)
+                            start_step=start_step, layout=layout)

@@ -1,8 +1,8 @@
 """The evaluations a training run makes, as small classes chosen by `config.eval.evaluators`.
 
 As in big_vision's evaluators: each is a class built once per run, `__init__(config, method,
-model, info, kind, mesh)` (the single-device evaluation `model`, `info` the dataset's
-`data_sources.DatasetInfo`, the run's layout and mesh), which wraps its extraction functions
+model, info, layout)` (the single-device evaluation `model`, `info` the dataset's
+`data_sources.DatasetInfo`, `layout` the run's `parallel.layout.Layout`), which wraps its extraction functions
 once so that they compile once, and `run(variables) -> {metric: value}` evaluates the given
 parameters and BatchNorm statistics (replicated in the run's layout). The pure functions they
 wrap (kNN, linear probe, zero-shot, retrieval) are in `contrastive_jax.evaluation.functions`.
@@ -20,8 +20,8 @@ from typing import Any, Mapping, Protocol
 
 import ml_collections
 
-from contrastive_jax import parallel
 from contrastive_jax.evaluation import image_text, representation
+from contrastive_jax.parallel.layout import Layout
 
 
 class Evaluator(Protocol):
@@ -62,9 +62,9 @@ def names(config: ml_collections.ConfigDict, method: ModuleType, info) -> tuple[
 
 
 def build(chosen: tuple[str, ...], config: ml_collections.ConfigDict, method: ModuleType,
-          model, info, kind: parallel.Kind, mesh) -> dict[str, Evaluator]:
+          model, info, layout: Layout) -> dict[str, Evaluator]:
     """The `chosen` evaluators (see `names`), each built once for the run."""
-    return {name: REGISTRY[name](config, method, model, info, kind, mesh) for name in chosen}
+    return {name: REGISTRY[name](config, method, model, info, layout) for name in chosen}
 
 
 def run_all(evaluators: Mapping[str, Evaluator], variables: Any) -> dict[str, float]:

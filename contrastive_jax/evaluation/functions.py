@@ -20,10 +20,11 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from contrastive_jax import parallel
+from contrastive_jax.parallel.layout import Layout
 
 
 def wrap_extractor(per_example_fn: Callable[[Any, Mapping[str, jax.Array]], dict],
-                   kind: parallel.Kind, mesh) -> Callable:
+                   layout: Layout) -> Callable:
     """Wraps `per_example_fn(variables, batch) -> {name: [n, ...]}` to run on every device's
     slice of an evaluation batch (variables replicated); the batch's `mask` rides along.
 
@@ -32,18 +33,16 @@ def wrap_extractor(per_example_fn: Callable[[Any, Mapping[str, jax.Array]], dict
     def per_device(variables, batch):
         return {**per_example_fn(variables, batch), "mask": batch["mask"]}
 
-    return parallel.wrap(per_device, kind, mesh, in_specs=(P(), P(parallel.AXIS)),
-                         out_specs=P(parallel.AXIS))
+    return layout.wrap(per_device, in_specs=(P(), P(parallel.AXIS)), out_specs=P(parallel.AXIS))
 
 
 def extract(run: Callable, variables, batches: Iterable[Mapping[str, np.ndarray]],
-            kind: parallel.Kind, mesh) -> dict[str, np.ndarray]:
+            layout: Layout) -> dict[str, np.ndarray]:
     """Runs a `wrap_extractor` function over every batch of an evaluation iterator; returns its
     outputs for the whole split, gathered from every device and host, padding removed."""
     outputs: dict[str, list[np.ndarray]] = {}
     for batch in batches:
-        out = parallel.per_device_values(run(variables, parallel.host_batch_to_devices(
-            batch, kind, mesh)), kind)
+        out = layout.per_device_values(run(variables, layout.to_devices(batch)))
         mask = out.pop("mask")
         keep = mask.reshape(-1)
         for name, value in out.items():
@@ -52,11 +51,11 @@ def extract(run: Callable, variables, batches: Iterable[Mapping[str, np.ndarray]
     return {name: np.concatenate(values) for name, values in outputs.items()}
 
 
-def feature_extractor(encode: Callable, kind: parallel.Kind, mesh) -> Callable:
+def feature_extractor(encode: Callable, layout: Layout) -> Callable:
     """`wrap_extractor` of `encode(variables, images) -> [n, F]` features with their labels."""
     return wrap_extractor(
         lambda variables, batch: {"features": encode(variables, batch["image"]).astype(
-            jnp.float32), "label": batch["label"]}, kind, mesh)
+            jnp.float32), "label": batch["label"]}, layout)
 
 
 def _knn_votes_per_device(queries, bank, bank_labels, bank_valid, temperature, *, k: int,
@@ -78,39 +77,40 @@ def _knn_votes_per_device(queries, bank, bank_labels, bank_valid, temperature, *
 
 
 @functools.lru_cache(maxsize=None)
-def _knn_votes(kind: parallel.Kind, mesh, k: int, num_classes: int) -> Callable:
-    """The wrapped `_knn_votes_per_device`, built once per (mesh, k, classes) so that every
+def _knn_votes(layout: Layout, k: int, num_classes: int) -> Callable:
+    """The wrapped `_knn_votes_per_device`, built once per (layout, k, classes) so that every
     evaluation of a run reuses one compiled function."""
     fn = functools.partial(_knn_votes_per_device, k=k, num_classes=num_classes)
-    return parallel.wrap(fn, kind, mesh, in_specs=(P(), P(parallel.AXIS), P(parallel.AXIS),
-                                                   P(parallel.AXIS), P()), out_specs=P())
+    return layout.wrap(fn, in_specs=(P(), P(parallel.AXIS), P(parallel.AXIS), P(parallel.AXIS),
+                                     P()), out_specs=P())
 
 
 def knn_predict(train_features: np.ndarray, train_labels: np.ndarray,
                 test_features: np.ndarray, num_classes: int, *, k: int = 200,
                 temperature: float = 0.1, chunk_size: int = 1024,
-                kind: parallel.Kind = "shard_map", mesh=None) -> np.ndarray:
+                layout: Layout | None = None) -> np.ndarray:
     """Weighted kNN (Wu et al. 2018): the k most cosine-similar training features vote for
     their class with weight exp(similarity / temperature) (0.1 as the PyTorch SSL libraries'
     tables; InstDisc used 0.07). Returns each test feature's predicted class.
 
-    The bank of training features is split over the devices of `mesh` (default: all), so an
+    The bank of training features is split over the devices of `layout` (default: shard_map
+    over all of them), so an
     ImageNet bank (1.28M x 2048 floats, 10 GB) needs 1/D of it per device.
     """
-    mesh = mesh if mesh is not None else parallel.make_mesh()
+    layout = layout if layout is not None else Layout("shard_map", parallel.make_mesh())
     normalize = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    bank, _ = parallel.shard_rows(
+    bank, _ = layout.shard_rows(
         {"features": normalize(train_features).astype(np.float32),
          "labels": np.asarray(train_labels, np.int32),
-         "valid": np.ones(len(train_labels), bool)}, kind, mesh)
-    votes_fn = _knn_votes(kind, mesh, min(k, len(train_labels)), num_classes)
+         "valid": np.ones(len(train_labels), bool)})
+    votes_fn = _knn_votes(layout, min(k, len(train_labels)), num_classes)
     queries = normalize(test_features).astype(np.float32)
-    temperature = parallel.replicate(np.float32(temperature), kind, mesh)
+    temperature = layout.replicate(np.float32(temperature))
     predictions = []
     for start in range(0, len(queries), chunk_size):
-        chunk = parallel.replicate(queries[start:start + chunk_size], kind, mesh)
-        votes = parallel.unreplicate(votes_fn(chunk, bank["features"], bank["labels"],
-                                              bank["valid"], temperature), kind)
+        chunk = layout.replicate(queries[start:start + chunk_size])
+        votes = layout.unreplicate(votes_fn(chunk, bank["features"], bank["labels"],
+                                            bank["valid"], temperature))
         predictions.append(np.argmax(votes, axis=1))
     return np.concatenate(predictions)
 

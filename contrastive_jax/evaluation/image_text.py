@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from contrastive_jax import parallel
 from contrastive_jax.evaluation import functions as evaluate, zeroshot
+from contrastive_jax.parallel.layout import Layout
 
 
 def _not_image_text(config: ml_collections.ConfigDict, method: ModuleType) -> str | None:
@@ -54,15 +54,15 @@ class ZeroShotEvaluator:
     training source). The split is looked up when the evaluator is built, before training."""
 
     def __init__(self, config: ml_collections.ConfigDict, method: ModuleType, model, info,
-                 kind: parallel.Kind, mesh):
+                 layout: Layout):
         del info
         check_zeroshot_split(config)
         embed_images = method.embed_images(model)
         self._images = evaluate.wrap_extractor(lambda variables, batch: {
             "embedding": embed_images(variables, batch["image"]), "label": batch["label"]},
-            kind, mesh)
+            layout)
         self._prompts = jax.jit(method.embed_texts(model))
-        self._config, self._kind, self._mesh = config, kind, mesh
+        self._config, self._layout = config, layout
 
     @staticmethod
     def unavailable(config: ml_collections.ConfigDict, method: ModuleType, info) -> str | None:
@@ -78,7 +78,7 @@ class ZeroShotEvaluator:
                    for name in data_sources.class_names(data)]
         tokens = tokenizer.get_tokenizer(self._config.data).tokenize(
             [prompt for class_prompts in prompts for prompt in class_prompts])
-        embeddings = self._prompts(parallel.unreplicate(variables, self._kind),
+        embeddings = self._prompts(self._layout.unreplicate(variables),
                                    np.asarray(tokens))
         return evaluate.zero_shot_classifier(
             np.asarray(embeddings).reshape(len(prompts), len(prompts[0]), -1))
@@ -91,7 +91,7 @@ class ZeroShotEvaluator:
             self._images, variables,
             input_pipeline.eval_iterator(data, zeroshot_split(self._config),
                                          global_batch_size=self._config.eval.batch_size),
-            self._kind, self._mesh)
+            self._layout)
         return {"zeroshot_top1": evaluate.zero_shot_top1(out["embedding"], out["label"],
                                                          classifier)}
 
@@ -101,7 +101,7 @@ class RetrievalEvaluator:
     and up to `eval.captions_per_image` captions each (`evaluate.retrieval_recall`)."""
 
     def __init__(self, config: ml_collections.ConfigDict, method: ModuleType, model, info,
-                 kind: parallel.Kind, mesh):
+                 layout: Layout):
         del info
         embed_images, embed_texts = method.embed_images(model), method.embed_texts(model)
 
@@ -112,8 +112,8 @@ class RetrievalEvaluator:
                     "text": texts.reshape(n, captions, -1),
                     "text_valid": jnp.any(batch["text"] != 0, axis=-1)}
 
-        self._pairs = evaluate.wrap_extractor(embed_pairs, kind, mesh)
-        self._config, self._kind, self._mesh = config, kind, mesh
+        self._pairs = evaluate.wrap_extractor(embed_pairs, layout)
+        self._config, self._layout = config, layout
 
     @staticmethod
     def unavailable(config: ml_collections.ConfigDict, method: ModuleType, info) -> str | None:
@@ -131,7 +131,7 @@ class RetrievalEvaluator:
             self._pairs, variables,
             image_text_pipeline.eval_iterator(
                 data, data.get("eval_split", "test"), global_batch_size=eval_config.batch_size,
-                captions_per_image=eval_config.captions_per_image), self._kind, self._mesh)
+                captions_per_image=eval_config.captions_per_image), self._layout)
         image_of_text, caption = np.nonzero(out["text_valid"])
         return evaluate.retrieval_recall(out["image"], out["text"][image_of_text, caption],
                                          image_of_text)

@@ -32,9 +32,10 @@ import optax
 from absl import logging as absl_logging
 from jax.sharding import PartitionSpec as P
 
-from contrastive_jax import optim, parallel, train_step
+from contrastive_jax import optim, parallel
 from contrastive_jax.evaluation import functions as evaluate
 from contrastive_jax.logging import progress_line
+from contrastive_jax.parallel.layout import Layout
 
 METRIC = "linear_eval_top1"
 EncodeFn = Callable[[Any, jax.Array], jax.Array]
@@ -134,15 +135,15 @@ def make_head_step(encode_fn: EncodeFn, num_classes: int, tx: optax.GradientTran
     return step
 
 
-def wrap_head_step(step: Callable, kind: parallel.Kind, mesh) -> Callable:
+def wrap_head_step(step: Callable, layout: Layout) -> Callable:
     """`step` under pmap or jit + shard_map: head state and encoder variables replicated, the
     batch split over devices; the incoming head state is donated."""
     replicated = P()
-    return parallel.wrap(step, kind, mesh, in_specs=(replicated, replicated, P(parallel.AXIS)),
-                         out_specs=(replicated, replicated), donate_argnums=0)
+    return layout.wrap(step, in_specs=(replicated, replicated, P(parallel.AXIS)),
+                       out_specs=(replicated, replicated), donate_argnums=0)
 
 
-def top1_extractor(encode_fn: EncodeFn, num_classes: int, kind: parallel.Kind, mesh) -> Callable:
+def top1_extractor(encode_fn: EncodeFn, num_classes: int, layout: Layout) -> Callable:
     """`wrap_extractor` of whether the head's arg-max on the encoder's features is the label;
     its variables are {"encoder": ..., "head": head params}."""
     head = linear_head(num_classes)
@@ -152,7 +153,7 @@ def top1_extractor(encode_fn: EncodeFn, num_classes: int, kind: parallel.Kind, m
                             encode_fn(variables["encoder"], batch["image"]).astype(jnp.float32))
         return {"correct": jnp.argmax(logits, -1) == batch["label"]}
 
-    return evaluate.wrap_extractor(correct, kind, mesh)
+    return evaluate.wrap_extractor(correct, layout)
 
 
 # -- the protocol --------------------------------------------------------------------------------
@@ -179,10 +180,10 @@ def validate(config: ml_collections.ConfigDict, num_classes: int) -> None:
                          f"{eval_config.linear_eval_crop_area_min}")
 
 
-def _feature_dim(encode_fn: EncodeFn, variables, kind: parallel.Kind, image_size: int) -> int:
+def _feature_dim(encode_fn: EncodeFn, variables, layout: Layout, image_size: int) -> int:
     """Width of the encoder's features, from shapes only (one device's copy of the variables)."""
     one_copy = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape[1:] if kind == "pmap" else x.shape, x.dtype),
+        lambda x: jax.ShapeDtypeStruct(x.shape[1:] if layout.kind == "pmap" else x.shape, x.dtype),
         variables)
     images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
     return int(jax.eval_shape(encode_fn, one_copy, images).shape[-1])
@@ -193,25 +194,25 @@ def _log_every(total_steps: int) -> int:
 
 
 def train_head(config: ml_collections.ConfigDict, variables, encode_fn: EncodeFn, *,
-               num_classes: int, num_train_examples: int, mesh) -> HeadState:
+               num_classes: int, num_train_examples: int, layout: Layout) -> HeadState:
     """Trains the linear head on the frozen encoder; returns its final state (device form)."""
     from contrastive_jax.data import linear_eval_input  # tf.data: imported where data is read.
 
-    kind, eval_config = train_step.layout_kind(config), config.eval
+    eval_config = config.eval
     total_steps = num_steps(num_train_examples, eval_config.linear_eval_epochs,
                             eval_config.linear_eval_batch_size)
     tx, schedule = head_optimizer(eval_config, total_steps)
-    feature_dim = _feature_dim(encode_fn, variables, kind, int(config.data.image_size))
-    state = parallel.replicate(init_head_state(num_classes, feature_dim, tx), kind, mesh)
-    step_fn = wrap_head_step(make_head_step(encode_fn, num_classes, tx, schedule), kind, mesh)
-    batches = parallel.prefetch_to_devices(linear_eval_input.train_batches(
+    feature_dim = _feature_dim(encode_fn, variables, layout, int(config.data.image_size))
+    state = layout.replicate(init_head_state(num_classes, feature_dim, tx))
+    step_fn = wrap_head_step(make_head_step(encode_fn, num_classes, tx, schedule), layout)
+    batches = layout.prefetch(linear_eval_input.train_batches(
         config.data, global_batch_size=eval_config.linear_eval_batch_size, seed=config.seed,
-        crop_area_min=eval_config.linear_eval_crop_area_min), kind, mesh)
+        crop_area_min=eval_config.linear_eval_crop_area_min))
     timer = time.perf_counter()
     for step in range(1, total_steps + 1):
         state, metrics = step_fn(state, variables, next(batches))
         if step % _log_every(total_steps) == 0 or step == total_steps:
-            values = {k: float(v) for k, v in parallel.unreplicate(metrics, kind).items()}
+            values = {k: float(v) for k, v in layout.unreplicate(metrics).items()}
             if not np.isfinite(values["loss"]):
                 raise FloatingPointError(
                     f"linear evaluation loss is {values['loss']} at step {step}; lower "
@@ -222,25 +223,22 @@ def train_head(config: ml_collections.ConfigDict, variables, encode_fn: EncodeFn
     return state
 
 
-def linear_eval(config: ml_collections.ConfigDict, variables, encode_fn: EncodeFn, *,
-                mesh=None) -> dict[str, float]:
+def linear_eval(config: ml_collections.ConfigDict, variables, encode_fn: EncodeFn,
+                layout: Layout) -> dict[str, float]:
     """SimCLR's linear evaluation of the frozen encoder `encode_fn(variables, images)`.
 
-    `variables` are replicated in the form of `train_step.layout_kind(config)` (as
-    `Trainer.evaluation_variables` gives them) and left untouched. Trains the head for
+    `variables` are replicated in `layout` (as `Trainer.evaluation_variables` gives them) and left untouched. Trains the head for
     `eval.linear_eval_epochs` on the training split, returns {"linear_eval_top1": accuracy on
     the evaluation split}.
     """
     from contrastive_jax.data import input_pipeline, sources as data_sources
 
-    kind = train_step.layout_kind(config)
     info = data_sources.dataset_info(config.data)
     validate(config, info.num_classes)
-    mesh = mesh if mesh is not None else parallel.make_mesh()
     state = train_head(config, variables, encode_fn, num_classes=info.num_classes,
-                       num_train_examples=info.num_train_examples, mesh=mesh)
+                       num_train_examples=info.num_train_examples, layout=layout)
     batches = input_pipeline.eval_iterator(config.data, config.data.get("eval_split", "test"),
                                            global_batch_size=config.eval.batch_size)
-    out = evaluate.extract(top1_extractor(encode_fn, info.num_classes, kind, mesh),
-                           {"encoder": variables, "head": state.params}, batches, kind, mesh)
+    out = evaluate.extract(top1_extractor(encode_fn, info.num_classes, layout),
+                           {"encoder": variables, "head": state.params}, batches, layout)
     return {METRIC: float(np.mean(out["correct"]))}

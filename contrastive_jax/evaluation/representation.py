@@ -10,8 +10,8 @@ from typing import Any, Iterator
 import ml_collections
 import numpy as np
 
-from contrastive_jax import parallel
 from contrastive_jax.evaluation import functions as evaluate
+from contrastive_jax.parallel.layout import Layout
 
 Features = tuple[np.ndarray, np.ndarray]  # [n, F] features, [n] labels
 
@@ -45,11 +45,11 @@ class SplitFeatures:
     every device and host; the extractor is wrapped (and so compiled) once."""
 
     def __init__(self, config: ml_collections.ConfigDict, method: ModuleType, model,
-                 kind: parallel.Kind, mesh):
-        self._extractor = evaluate.feature_extractor(method.encoder_features(model), kind, mesh)
+                 layout: Layout):
+        self._extractor = evaluate.feature_extractor(method.encoder_features(model), layout)
         self._data = config.data
         self._batch_size = config.eval.batch_size
-        self._kind, self._mesh = kind, mesh
+        self._layout = layout
         self.splits = (config.data.get("train_split", "train"),
                        config.data.get("eval_split", "test"))
 
@@ -65,7 +65,7 @@ class SplitFeatures:
         else:
             batches = numpy_data.eval_batches(self._data, split,
                                               global_batch_size=self._batch_size)
-        out = evaluate.extract(self._extractor, variables, batches, self._kind, self._mesh)
+        out = evaluate.extract(self._extractor, variables, batches, self._layout)
         if not np.all(np.isfinite(out["features"])):
             raise FloatingPointError(
                 f"the encoder's features of split {split!r} are not all finite "
@@ -88,17 +88,17 @@ class KnnEvaluator:
     unavailable = staticmethod(unavailable)
 
     def __init__(self, config: ml_collections.ConfigDict, method: ModuleType, model, info,
-                 kind: parallel.Kind, mesh):
-        self._features = SplitFeatures(config, method, model, kind, mesh)
+                 layout: Layout):
+        self._features = SplitFeatures(config, method, model, layout)
         self._num_classes = info.num_classes
         self._k, self._temperature = config.eval.knn_k, config.eval.knn_temperature
-        self._kind, self._mesh = kind, mesh
+        self._layout = layout
 
     def run(self, variables: Any) -> dict[str, float]:
         (train_x, train_y), (test_x, test_y) = self._features.train_and_test(variables)
         return {"knn_top1": evaluate.knn_top1(
             train_x, train_y, test_x, test_y, self._num_classes, k=self._k,
-            temperature=self._temperature, kind=self._kind, mesh=self._mesh)}
+            temperature=self._temperature, layout=self._layout)}
 
 
 class LinearProbeEvaluator:
@@ -109,8 +109,8 @@ class LinearProbeEvaluator:
     unavailable = staticmethod(unavailable)
 
     def __init__(self, config: ml_collections.ConfigDict, method: ModuleType, model, info,
-                 kind: parallel.Kind, mesh):
-        self._features = SplitFeatures(config, method, model, kind, mesh)
+                 layout: Layout):
+        self._features = SplitFeatures(config, method, model, layout)
         self._num_classes = info.num_classes
         eval_config = config.eval
         self._options = dict(steps=eval_config.linear_steps,

@@ -17,7 +17,9 @@ each device's own (with the check on, JAX would `psum` it behind the step's back
 function means the same under both wrappers: it `pmean`s its gradients itself.
 
 `host_batch_to_devices`, `replicate` and `unreplicate` convert host data to and from either form,
-on one process or many, so callers never branch on the wrapper.
+on one process or many, so callers never branch on the wrapper. A run holds them, with its mesh
+and where its state lives, in one `layout.Layout`; `fsdp` splits the state over the devices and
+`grad_cache` computes a step's gradient chunk by chunk.
 """
 
 from __future__ import annotations

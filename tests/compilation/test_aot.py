@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from contrastive_jax import config_defaults, parallel, train_step
+from contrastive_jax import config_defaults, train_step
 from contrastive_jax.compilation import compile_report, tpu_topology
+from contrastive_jax.parallel.layout import Layout
 
 from support import REPO
 
@@ -40,9 +41,9 @@ def test_report_equals_the_compiled_programs_own_figures(devices):
     config = compile_report.slice_config(tiny_config(), SLICE.num_chips)
     report = compile_report.compile_step(config, SLICE, devices, 16 * 2**30, num_classes=10)
 
-    mesh = parallel.make_mesh(devices)
-    program = train_step.build_program(config, 10, mesh)
-    args = compile_report.abstract_arguments(program, config, mesh)
+    layout = Layout.from_config(config, devices)
+    program = train_step.build_program(config, 10, layout)
+    args = compile_report.abstract_arguments(program, config, layout)
     memory = jax.jit(program.step, donate_argnums=0).lower(*args).compile().memory_analysis()
     assert report["argument_bytes"] == memory.argument_size_in_bytes
     assert report["temp_bytes"] == memory.temp_size_in_bytes

@@ -15,6 +15,7 @@ from jax.sharding import PartitionSpec as P
 from contrastive_jax import config_checks, parallel, train, train_step
 from contrastive_jax.data import sources as data_sources, device_input, input_pipeline
 from contrastive_jax.augment import device as device_augment
+from contrastive_jax.parallel.layout import Layout
 from test_input_pipeline import tfds_dir  # noqa: F401  (a fixture: a tiny prepared TFDS set)
 from support import assert_trees_equal, final_params, tiny_config
 
@@ -51,10 +52,10 @@ def test_global_order_visits_each_example_once_per_epoch():
 
 
 def _batches(kind, data_config, images, labels, start_step, count, batch_size=32):
-    mesh = parallel.make_mesh()
-    split = device_input.ResidentSplit(images, labels, kind, mesh)
+    layout = Layout(kind, parallel.make_mesh())
+    split = device_input.ResidentSplit(images, labels, layout)
     stream = device_input.resident_batches(data_config, split, global_batch_size=batch_size,
-                                           seed=3, start_step=start_step, kind=kind, mesh=mesh)
+                                           seed=3, start_step=start_step, layout=layout)
     flat = lambda x: np.asarray(x).reshape(batch_size, *x.shape[2 if kind == "pmap" else 1:])
     return [jax.tree.map(flat, next(stream)) for _ in range(count)]
 
@@ -159,8 +160,8 @@ def test_prefetch_keeps_order_and_stays_two_batches_ahead(kind):
 
 def _host_crop_batches(kind, data_config, start_step, count, batch_size=32):
     stream = device_input.train_batches(data_config, global_batch_size=batch_size, seed=3,
-                                        start_step=start_step, kind=kind,
-                                        mesh=parallel.make_mesh())
+                                        start_step=start_step,
+                                        layout=Layout(kind, parallel.make_mesh()))
     flat = lambda x: np.asarray(x).reshape(batch_size, *x.shape[2 if kind == "pmap" else 1:])
     return [jax.tree.map(flat, next(stream)) for _ in range(count)]
 

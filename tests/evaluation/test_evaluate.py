@@ -5,6 +5,7 @@ import pytest
 
 from contrastive_jax import parallel
 from contrastive_jax.evaluation import functions as evaluate
+from contrastive_jax.parallel.layout import Layout
 
 
 def _numpy_knn(bank, bank_labels, queries, num_classes, k, temperature):
@@ -28,10 +29,10 @@ def test_sharded_knn_equals_numpy(kind, temperature):
     labels = rng.integers(0, 4, 61)
     expected = _numpy_knn(bank, labels, queries, 4, 20, temperature)
     got = evaluate.knn_predict(bank, labels, queries, 4, k=20, temperature=temperature,
-                               chunk_size=16, kind=kind, mesh=parallel.make_mesh())
+                               chunk_size=16, layout=Layout(kind, parallel.make_mesh()))
     np.testing.assert_array_equal(got, expected)
     assert evaluate.knn_top1(bank, labels, queries, expected, 4, k=20, temperature=temperature,
-                             kind=kind) == 1.0
+                             layout=Layout(kind, parallel.make_mesh())) == 1.0
 
 
 def test_knn_with_k_larger_than_the_bank_uses_every_row():

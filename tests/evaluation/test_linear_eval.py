@@ -18,6 +18,7 @@ from contrastive_jax.evaluation import linear_protocol
 from contrastive_jax.augment import host as augment
 from contrastive_jax.data import sources as data_sources, host_shards
 from contrastive_jax.logging import read_metrics
+from contrastive_jax.parallel.layout import Layout
 
 from support import REPO
 
@@ -62,7 +63,8 @@ def test_head_steps_match_numpy_nesterov_sgd(kind):
     mesh = parallel.make_mesh()
     tx, schedule = linear_protocol.head_optimizer(config.eval, total_steps)
     step_fn = linear_protocol.wrap_head_step(
-        linear_protocol.make_head_step(_toy_encoder, num_classes, tx, schedule), kind, mesh)
+        linear_protocol.make_head_step(_toy_encoder, num_classes, tx, schedule),
+        Layout(kind, mesh))
     state = parallel.replicate(linear_protocol.init_head_state(num_classes, 5, tx), kind, mesh)
     device_variables = parallel.replicate(variables, kind, mesh)
     for batch in batches:
@@ -218,14 +220,14 @@ def test_linear_eval_beats_chance_leaves_the_encoder_alone_and_reads_checkpoints
     trainer.save(state, 3)
     trainer.checkpoints.wait_until_finished()
     encoder = {"params": state.params, "batch_stats": state.batch_stats}
-    encoder_before = jax.device_get(parallel.unreplicate(encoder, trainer.kind))
+    encoder_before = jax.device_get(trainer.layout.unreplicate(encoder))
 
     results = trainer.linear_eval(state)
 
     assert set(results) == {"linear_eval_top1"}
     assert results["linear_eval_top1"] >= 0.9, results
     jax.tree.map(np.testing.assert_array_equal, encoder_before,
-                 parallel.unreplicate(encoder, trainer.kind))
+                 trainer.layout.unreplicate(encoder))
     written = os.stat(os.path.join(workdir, "config.json"))
     step, from_workdir = linear_eval.evaluate_workdir(config, workdir)
     assert step == 3 and from_workdir == results

@@ -11,6 +11,7 @@ from jax.sharding import PartitionSpec as P
 from contrastive_jax import config_checks, config_defaults, losses, methods, optim, parallel, train, train_step
 from contrastive_jax.methods import byol, moco, simsiam
 from contrastive_jax.models import heads
+from contrastive_jax.parallel.layout import Layout
 
 from support import assert_trees_equal, synthetic_batches, tiny_config
 
@@ -130,20 +131,20 @@ def initial_state(config):
 def run_steps(config, host_state, batches):
     """`train_step.make_step` for `config.parallel` from `host_state`: the losses and the host
     states before each batch and after the last."""
-    method, mesh = methods.get(config.method), parallel.make_mesh()
-    model = method.build_model(config, 10, train_step.model_axis(config))
+    method, layout = methods.get(config.method), Layout.from_config(config)
+    model = method.build_model(config, 10, layout.bn_axis)
     tx, schedule = optim.make_optimizer(config.optimizer, total_steps=config.total_steps,
                                         batch_size=config.batch_size)
-    shardings, step = train_step.make_step(method, model, config, tx, schedule, host_state, mesh)
-    state = train_step.place_state(host_state, shardings, config, mesh)
-    kind = train_step.layout_kind(config)
-    rng = parallel.replicate(jax.random.PRNGKey(7), kind, mesh)
+    shardings, step = train_step.make_step(method, model, config, tx, schedule, host_state,
+                                           layout)
+    state = layout.place_state(host_state, shardings)
+    rng = layout.replicate(jax.random.PRNGKey(7))
     losses_seen, states = [], [host_state]
     for batch in batches:
-        state, metrics = step(state, parallel.host_batch_to_devices(batch, kind, mesh), rng)
-        losses_seen.append(float(parallel.unreplicate(metrics, kind)["loss"]))
+        state, metrics = step(state, layout.to_devices(batch), rng)
+        losses_seen.append(float(layout.unreplicate(metrics)["loss"]))
         # Global arrays (replicated, or split under fsdp) come back whole from device_get.
-        states.append(parallel.unreplicate(state, kind) if kind == "pmap"
+        states.append(layout.unreplicate(state) if layout.kind == "pmap"
                       else jax.device_get(state))
     return losses_seen, states
 
@@ -186,7 +187,7 @@ def test_byol_target_survives_a_checkpoint(byol_states, tmp_path):
     state = byol_states["shard_map"][-1]
     config, workdir = byol_config(), str(tmp_path / "run")
     trainer = train.Trainer(config, workdir)
-    trainer.save(parallel.replicate(state, "shard_map", trainer.mesh), 2)
+    trainer.save(parallel.replicate(state, "shard_map", trainer.layout.mesh), 2)
     trainer.wait_for_saves()
     restored = jax.device_get(train.Trainer(config, workdir).initial_state())
     assert int(restored.step) == 2

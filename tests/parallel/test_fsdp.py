@@ -11,6 +11,7 @@ import pytest
 
 from contrastive_jax import config_checks, methods, optim, parallel, train, train_step
 from contrastive_jax.parallel import fsdp
+from contrastive_jax.parallel.layout import Layout
 
 from support import assert_trees_equal, final_params, image_text_config, synthetic_batches, tiny_config
 
@@ -19,15 +20,17 @@ def _run(config, kind, batches):
     """Losses of each step and the final host state, from the same initial state."""
     config = config.copy_and_resolve_references()
     config.parallel = kind
-    method, mesh = methods.get(config.method), parallel.make_mesh()
+    method, layout = methods.get(config.method), Layout.from_config(config)
+    mesh = layout.mesh
     tx, schedule = optim.make_optimizer(config.optimizer, total_steps=config.total_steps,
                                         batch_size=config.batch_size)
-    model = method.build_model(config, 10, train_step.model_axis(config))
+    model = method.build_model(config, 10, layout.bn_axis)
     host_state = jax.device_get(jax.jit(lambda: train_step.create_train_state(
         method, model, config, tx, jax.random.PRNGKey(0)))())
     rng = parallel.replicate(jax.random.PRNGKey(1), "shard_map", mesh)
-    shardings, step = train_step.make_step(method, model, config, tx, schedule, host_state, mesh)
-    state = train_step.place_state(host_state, shardings, config, mesh)
+    shardings, step = train_step.make_step(method, model, config, tx, schedule, host_state,
+                                           layout)
+    state = layout.place_state(host_state, shardings)
     losses = []
     for batch in batches:
         state, metrics = step(state, parallel.host_batch_to_devices(batch, "shard_map", mesh),
