@@ -27,7 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 
-from contrastive_jax import config_checks, files, methods
+from contrastive_jax import config_checks, config_defaults, files, methods
 
 # Config entries that decide the shapes and meaning of a checkpoint; a workdir whose
 # config.json differs in any of them is refused rather than silently restored.
@@ -74,7 +74,26 @@ def has_checkpoints(workdir: str) -> bool:
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config that trained `workdir`, from DIR/config.json."""
+    """The config that trained `workdir`: DIR/config.json over the schema's defaults for its
+    method (`config_defaults.base`), so that a workdir written before a field was added loads
+    with that field at the default that kept old runs as they were."""
+    saved = _read_config_json(workdir)
+    merged = _overlay(config_defaults.base(saved.method).to_dict(), saved.to_dict())
+    return ml_collections.ConfigDict(merged)
+
+
+def _overlay(defaults: dict, saved: dict) -> dict:
+    """`defaults` with every entry of `saved` put over it, nested dicts entry by entry."""
+    merged = dict(defaults)
+    for key, value in saved.items():
+        if isinstance(value, dict) and isinstance(defaults.get(key), dict):
+            value = _overlay(defaults[key], value)
+        merged[key] = value
+    return merged
+
+
+def _read_config_json(workdir: str) -> ml_collections.ConfigDict:
+    """DIR/config.json as written, or a clear error if it is missing or cannot be read."""
     path = config_path(workdir)
     if not os.path.exists(path):
         if has_checkpoints(workdir):
@@ -98,7 +117,7 @@ def check_config(workdir: str, config: ml_collections.ConfigDict, write: bool
     workdir)."""
     saved = None
     if os.path.exists(config_path(workdir)) or has_checkpoints(workdir):
-        saved = load_config(workdir)
+        saved = _read_config_json(workdir)
         for key in CHECKPOINT_DEFINING_KEYS:
             old, new = config_checks.lookup(saved, key), config_checks.lookup(config, key)
             if _differs(old, new):

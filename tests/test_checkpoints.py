@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from contrastive_jax import checkpoints, export, linear_eval, train
+from contrastive_jax import checkpoints, config_defaults, export, linear_eval, train
 
 from support import image_text_config, random_like, tiny_config
 
@@ -112,3 +112,23 @@ def test_linear_eval_of_a_workdir_refuses_an_unwritable_metrics_file_before_any_
     config = checkpoints.load_config(workdir)
     with pytest.raises(OSError, match=r"cannot write .*metrics.jsonl: Is a directory"):
         linear_eval.evaluate_workdir(config, workdir)
+
+
+def test_a_config_json_from_before_fields_were_added_loads_them_at_their_defaults(tmp_path):
+    """A workdir written before `model.zero_init_residual` and the whole `eval` section existed: the
+    config it loads with has them at the schema's defaults, everything it had as written, and
+    its checkpoint restores (export and linear_eval read workdirs this way)."""
+    config = tiny_config(**{"model.head_out_dim": 8})
+    workdir, _ = saved_workdir(tmp_path / "old", config)
+    path = os.path.join(workdir, "config.json")
+    with open(path, encoding="utf-8") as f:
+        old = json.load(f)
+    del old["model"]["zero_init_residual"], old["eval"]
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(old, f)
+    loaded = checkpoints.load_config(workdir)
+    defaults = config_defaults.base("simclr")
+    assert loaded.model.zero_init_residual is defaults.model.zero_init_residual
+    assert loaded.eval.to_dict() == defaults.eval.to_dict()
+    assert loaded.model.head_out_dim == 8 and loaded.data.source == "synthetic"
+    assert checkpoints.restore(workdir).step == 1
