@@ -32,12 +32,13 @@ import ml_collections
 import optax
 
 from contrastive_jax import losses
+from contrastive_jax.methods import Method
 from contrastive_jax.methods import moco, simclr
 from contrastive_jax.methods.simclr import batch_shapes, encoder_features, init_variables
 from contrastive_jax.models import heads
 
-__all__ = ["after_update", "apply_per_view", "batch_shapes", "build_model", "encoder_features",
-           "init_extra", "init_variables", "loss_fn", "output_std", "validate"]
+__all__ = ["METHOD", "after_update", "apply_per_view", "batch_shapes", "build_model",
+           "encoder_features", "init_extra", "init_variables", "loss_fn", "output_std", "validate"]
 
 Array = jax.Array
 TARGET_MODULES = ("encoder", "projection")  # The target network's parameter groups.
@@ -169,3 +170,8 @@ def after_update(config: ml_collections.ConfigDict, state):
     target_params = optax.incremental_update(_target_part(state.params),
                                              state.extra["target_params"], 1.0 - tau)
     return state.replace(extra={**state.extra, "target_params": target_params})
+
+
+METHOD = Method(name="byol", build_model=build_model, init_variables=init_variables,
+                batch_shapes=batch_shapes, loss_fn=loss_fn, encoder_features=encoder_features,
+                validate=validate, init_extra=init_extra, after_update=after_update)

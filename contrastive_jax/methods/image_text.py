@@ -29,7 +29,6 @@ from contrastive_jax.parallel import grad_cache
 from contrastive_jax.models import resnet, text, vit
 
 Array = jax.Array
-IMAGE_TEXT = True
 BYTE_VOCAB_SIZE = 259  # tokenizer.ByteTokenizer's, kept here so the model builds without TF.
 
 

@@ -33,11 +33,13 @@ import ml_collections
 import optax
 
 from contrastive_jax import losses
+from contrastive_jax.methods import Method
 from contrastive_jax.methods import simclr
 from contrastive_jax.methods.simclr import batch_shapes, encoder_features, init_variables
 
-__all__ = ["after_update", "batch_shapes", "build_model", "check_momentum", "encoder_features",
-           "init_extra", "init_variables", "loss_fn", "momentum_at", "validate"]
+__all__ = ["METHOD", "after_update", "batch_shapes", "build_model", "check_momentum",
+           "encoder_features", "init_extra", "init_variables", "loss_fn", "momentum_at",
+           "validate"]
 
 Array = jax.Array
 BN_MODES = ("shuffle", "global")
@@ -172,3 +174,8 @@ def after_update(config: ml_collections.ConfigDict, state):
     m = momentum_at(config, state.step)
     key_params = optax.incremental_update(state.params, state.extra["key_params"], 1.0 - m)
     return state.replace(extra={**state.extra, "key_params": key_params})
+
+
+METHOD = Method(name="moco", build_model=build_model, init_variables=init_variables,
+                batch_shapes=batch_shapes, loss_fn=loss_fn, encoder_features=encoder_features,
+                validate=validate, init_extra=init_extra, after_update=after_update)

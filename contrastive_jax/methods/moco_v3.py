@@ -37,13 +37,14 @@ import ml_collections
 import optax
 
 from contrastive_jax import losses
+from contrastive_jax.methods import Method
 from contrastive_jax.methods import image_text, moco, simclr
 from contrastive_jax.methods.simclr import batch_shapes, encoder_features, init_variables
 from contrastive_jax.models import heads
 
-__all__ = ["after_update", "batch_shapes", "build_model", "encoder_features", "frozen_params",
-           "init_extra", "init_variables", "loss_fn", "loss_multiplier", "momentum",
-           "symmetric_loss", "validate"]
+__all__ = ["METHOD", "after_update", "batch_shapes", "build_model", "encoder_features",
+           "frozen_params", "init_extra", "init_variables", "loss_fn", "loss_multiplier",
+           "momentum", "symmetric_loss", "validate"]
 
 Array = jax.Array
 MOMENTUM_GROUPS = ("encoder", "projection")  # What the momentum encoder averages.
@@ -196,3 +197,9 @@ def after_update(config: ml_collections.ConfigDict, state):
     key_params = optax.incremental_update(_momentum_part(state.params),
                                           state.extra["key_params"], 1.0 - m)
     return state.replace(extra={**state.extra, "key_params": key_params})
+
+
+METHOD = Method(name="moco_v3", build_model=build_model, init_variables=init_variables,
+                batch_shapes=batch_shapes, loss_fn=loss_fn, encoder_features=encoder_features,
+                validate=validate, init_extra=init_extra, after_update=after_update,
+                frozen_params=frozen_params)

@@ -25,11 +25,12 @@ import jax.numpy as jnp
 import ml_collections
 
 from contrastive_jax import losses
+from contrastive_jax.methods import Method
 from contrastive_jax.methods import simclr
 from contrastive_jax.methods.simclr import batch_shapes, encoder_features, init_variables
 from contrastive_jax.models import heads
 
-__all__ = ["NNCLRModel", "batch_shapes", "build_model", "encoder_features", "enqueue",
+__all__ = ["METHOD", "NNCLRModel", "batch_shapes", "build_model", "encoder_features", "enqueue",
            "init_extra", "init_variables", "loss_fn", "nearest_neighbours", "nnclr_loss",
            "validate"]
 
@@ -135,3 +136,8 @@ def loss_fn(model: NNCLRModel, config: ml_collections.ConfigDict, params, state,
                "extra": {"support_set": support_set, "support_ptr": pointer}}
     metrics = {**metrics, **probe_metrics, "contrastive_loss": contrastive}
     return contrastive + probe_loss, (changes, metrics)
+
+
+METHOD = Method(name="nnclr", build_model=build_model, init_variables=init_variables,
+                batch_shapes=batch_shapes, loss_fn=loss_fn, encoder_features=encoder_features,
+                validate=validate, init_extra=init_extra)

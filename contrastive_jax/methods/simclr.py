@@ -16,6 +16,7 @@ import ml_collections
 import optax
 
 from contrastive_jax import losses
+from contrastive_jax.methods import Method
 from contrastive_jax.parallel import grad_cache
 from contrastive_jax.models import heads, resnet
 
@@ -166,3 +167,8 @@ def encoder_features(model: nn.Module) -> Callable[[dict, Array], Array]:
         return features.astype(jnp.float32)
 
     return encode
+
+
+METHOD = Method(name="simclr", build_model=build_model, init_variables=init_variables,
+                batch_shapes=batch_shapes, loss_fn=loss_fn, encoder_features=encoder_features,
+                validate=validate, loss_parts=loss_parts)

@@ -18,12 +18,13 @@ import jax
 import ml_collections
 
 from contrastive_jax import losses
+from contrastive_jax.methods import Method
 from contrastive_jax.parallel import grad_cache
 from contrastive_jax.methods import byol
 from contrastive_jax.methods.byol import batch_shapes, encoder_features, init_variables
 
-__all__ = ["batch_shapes", "build_model", "encoder_features", "init_variables", "loss_fn",
-           "loss_parts", "validate"]
+__all__ = ["METHOD", "batch_shapes", "build_model", "encoder_features", "init_variables",
+           "loss_fn", "loss_parts", "validate"]
 
 Array = jax.Array
 
@@ -76,3 +77,8 @@ def loss_fn(model: byol.BYOLModel, config: ml_collections.ConfigDict, params, st
     del rng
     return grad_cache.one_pass(loss_parts(model, config, axis_name), params, state.batch_stats,
                                batch)
+
+
+METHOD = Method(name="simsiam", build_model=build_model, init_variables=init_variables,
+                batch_shapes=batch_shapes, loss_fn=loss_fn, encoder_features=encoder_features,
+                validate=validate, loss_parts=loss_parts)

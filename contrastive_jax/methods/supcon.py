@@ -8,12 +8,13 @@ import jax
 import ml_collections
 
 from contrastive_jax import losses
+from contrastive_jax.methods import Method
 from contrastive_jax.parallel import grad_cache
 from contrastive_jax.methods.simclr import (batch_shapes, build_model, encoder_features,
                                             init_variables, two_view_parts)
 
-__all__ = ["batch_shapes", "build_model", "encoder_features", "init_variables", "loss_fn",
-           "loss_parts"]
+__all__ = ["METHOD", "batch_shapes", "build_model", "encoder_features", "init_variables",
+           "loss_fn", "loss_parts"]
 
 
 def loss_parts(model, config: ml_collections.ConfigDict,
@@ -33,3 +34,8 @@ def loss_fn(model, config: ml_collections.ConfigDict, params, state,
     del rng
     return grad_cache.one_pass(loss_parts(model, config, axis_name), params, state.batch_stats,
                                batch)
+
+
+METHOD = Method(name="supcon", build_model=build_model, init_variables=init_variables,
+                batch_shapes=batch_shapes, loss_fn=loss_fn, encoder_features=encoder_features,
+                loss_parts=loss_parts)

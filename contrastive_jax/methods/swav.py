@@ -36,12 +36,14 @@ import jax.numpy as jnp
 import ml_collections
 
 from contrastive_jax import losses
+from contrastive_jax.methods import Method
 from contrastive_jax.methods import simclr
 from contrastive_jax.methods.simclr import encoder_features, init_variables
 from contrastive_jax.models import heads
 
-__all__ = ["after_update", "batch_shapes", "build_model", "device_share", "encoder_features",
-           "init_extra", "init_variables", "loss_fn", "prototype_scores", "validate"]
+__all__ = ["METHOD", "after_update", "batch_shapes", "build_model", "device_share",
+           "encoder_features", "init_extra", "init_variables", "loss_fn", "prototype_scores",
+           "validate"]
 
 Array = jax.Array
 
@@ -219,3 +221,8 @@ def after_update(config: ml_collections.ConfigDict, state):
     """Puts the prototypes back on the unit sphere."""
     params = {**state.params, "prototypes": losses.l2_normalize(state.params["prototypes"])}
     return state.replace(params=params)
+
+
+METHOD = Method(name="swav", build_model=build_model, init_variables=init_variables,
+                batch_shapes=batch_shapes, loss_fn=loss_fn, encoder_features=encoder_features,
+                validate=validate, init_extra=init_extra, after_update=after_update)
