@@ -11,14 +11,8 @@ import jax
 import ml_collections
 
 from contrastive_jax import losses
-from contrastive_jax.methods import Method
+from contrastive_jax.methods import Method, image_text
 from contrastive_jax.parallel import grad_cache
-from contrastive_jax.methods import image_text
-from contrastive_jax.methods.image_text import (batch_shapes, embed_images, embed_texts,
-                                                encoder_features, init_variables)
-
-__all__ = ["METHOD", "batch_shapes", "build_model", "embed_images", "embed_texts",
-           "encoder_features", "init_variables", "loss_fn", "loss_parts", "validate"]
 
 IMPLS = ("all_gather", "ring")
 
@@ -58,7 +52,8 @@ def loss_fn(model: image_text.ImageTextModel, config: ml_collections.ConfigDict,
     return grad_cache.one_pass(parts, params, state.batch_stats, batch)
 
 
-METHOD = Method(name="siglip", build_model=build_model, init_variables=init_variables,
-                batch_shapes=batch_shapes, loss_fn=loss_fn, encoder_features=encoder_features,
+METHOD = Method(name="siglip", build_model=build_model,
+                init_variables=image_text.init_variables, batch_shapes=image_text.batch_shapes,
+                loss_fn=loss_fn, encoder_features=image_text.encoder_features,
                 validate=validate, loss_parts=loss_parts, image_text=True,
-                embed_images=embed_images, embed_texts=embed_texts)
+                embed_images=image_text.embed_images, embed_texts=image_text.embed_texts)
