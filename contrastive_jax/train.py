@@ -86,7 +86,7 @@ class Trainer:
             program.method, program.model, program.tx, program.schedule)
         self.state_shardings, self.train_step = program.state_shardings, program.step
         self._fresh_state, self.state_shapes = program.init_state, program.state_shapes
-        self.is_image_text = getattr(self.method, "IMAGE_TEXT", False)
+        self.is_image_text = self.method.image_text
         # Built (and their data looked up) now if the run evaluates, else at the first call
         # of `evaluate`; the names are checked either way.
         self.evaluator_names = evaluators.names(config, self.method, self.info)

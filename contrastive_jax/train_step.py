@@ -9,7 +9,6 @@ The Trainer (train.py) runs it; `aot` compiles it for a TPU slice.
 
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Any, Callable, NamedTuple
 
 import flax
@@ -54,11 +53,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     if config.data.augment_on not in AUGMENT_ON:
         raise ValueError(f"config.data.augment_on must be one of {AUGMENT_ON}, got "
                          f"{config.data.augment_on!r}")
-    if config.data.augment_on == "device" and getattr(method, "IMAGE_TEXT", False):
+    if config.data.augment_on == "device" and method.image_text:
         raise ValueError(f"config.data.augment_on='device' makes two-view image batches; "
                          f"method {config.method!r} reads image-text pairs: use 'host'")
-    if hasattr(method, "validate"):
-        method.validate(config)
+    method.validate(config)
     grad_cache.validate(config, method, num_devices)
     fsdp.validate(config, method, num_devices)
 
@@ -69,8 +67,7 @@ def create_train_state(method, model, config: ml_collections.ConfigDict,
     init_rng, extra_rng = jax.random.split(rng)
     variables = method.init_variables(model, config, init_rng)
     params = variables["params"]
-    init_extra = getattr(method, "init_extra", None)
-    extra = init_extra(config, variables, extra_rng) if init_extra else {}
+    extra = method.init_extra(config, variables, extra_rng)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
                       extra=extra)
@@ -82,9 +79,8 @@ def make_optimizer(method, config: ml_collections.ConfigDict
     `frozen_params(config, params)` marks get no update at all (MoCo v3's patch projection)."""
     tx, schedule = optim.make_optimizer(config.optimizer, total_steps=config.total_steps,
                                         batch_size=config.batch_size)
-    frozen_params = getattr(method, "frozen_params", None)
-    if frozen_params is not None:
-        tx = optim.freeze(tx, lambda params: frozen_params(config, params))
+    if method.frozen_params is not None:
+        tx = optim.freeze(tx, lambda params: method.frozen_params(config, params))
     return tx, schedule
 
 
@@ -101,7 +97,6 @@ def make_train_step(method, model, config, tx, schedule) -> Callable:
     method's `loss_parts`, chunk by chunk.
     """
     axis = parallel.AXIS
-    after_update = getattr(method, "after_update", lambda config, state: state)
     num_chunks = config.get("grad_cache_chunks", 1)
 
     def step(state: TrainState, batch, rng):
@@ -116,7 +111,7 @@ def make_train_step(method, model, config, tx, schedule) -> Callable:
                 has_aux=True)
             (loss, (changes, metrics)), grads = grad_fn(state.params)
         new_state = optim.apply_gradients(state, jax.lax.pmean(grads, axis), tx, changes,
-                                          lambda new: after_update(config, new))
+                                          lambda new: method.after_update(config, new))
         metrics = jax.lax.pmean({**metrics, "loss": loss}, axis)
         metrics["learning_rate"] = schedule(state.step)
         return new_state, metrics
@@ -140,7 +135,7 @@ def make_step(method, model, config: ml_collections.ConfigDict,
 class Program(NamedTuple):
     """What a run compiles, made from the config alone: no data read, no parameters made."""
 
-    method: ModuleType
+    method: methods.Method
     model: nn.Module
     tx: optax.GradientTransformation
     schedule: optax.Schedule

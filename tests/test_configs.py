@@ -49,8 +49,8 @@ def test_supcon_with_unique_labels_equals_simclr():
     """With every label different, SupCon's only positive is the other view: the method's loss
     equals SimCLR's on the same parameters and batch (SupContrast's T / base_T factor off)."""
     config = config_checks.resolve_steps(tiny_config("supcon", **{"loss.base_temperature": 0.5}), 64)
-    model = supcon.build_model(config, 10, None)
-    variables = supcon.init_variables(model, config, jax.random.PRNGKey(0))
+    model = supcon.METHOD.build_model(config, 10, None)
+    variables = supcon.METHOD.init_variables(model, config, jax.random.PRNGKey(0))
     rng = np.random.default_rng(0)
     batch = {"view1": rng.random((6, 16, 16, 3), np.float32),
              "view2": rng.random((6, 16, 16, 3), np.float32), "label": np.arange(6, dtype=np.int32)}

@@ -2,11 +2,11 @@
 that agree with metrics.jsonl, the config as hyperparameters, the parameter table in the log, a
 profiler trace; and the evaluations that `config.eval.evaluators` chooses."""
 
+import dataclasses
 import glob
 import json
 import logging
 import os
-import types
 
 import jax
 import numpy as np
@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from contrastive_jax import parallel, train
+from contrastive_jax import methods, parallel, train
 from contrastive_jax.data import sources as data_sources, input_pipeline
 from contrastive_jax.evaluation import evaluators
 from contrastive_jax.logging import MetricWriter, read_metrics
@@ -145,7 +145,7 @@ def test_knn_and_linear_share_one_extraction_per_split(monkeypatch):
     """In one round, kNN and the linear probe read each split once and report what each
     reports when run alone."""
     config = tiny_config()
-    method = types.SimpleNamespace(encoder_features=_pixels)
+    method = dataclasses.replace(methods.get("simclr"), encoder_features=_pixels)
     chosen = evaluators.names(config, method, data_sources.dataset_info(config.data))
     assert chosen == ("knn", "linear")
     built = evaluators.build(chosen, config, method, None,

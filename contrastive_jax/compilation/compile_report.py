@@ -268,7 +268,7 @@ def alternatives(config: ml_collections.ConfigDict, tpu_slice: Slice
     remat of the transformer blocks, more gradient-caching chunks, and larger slices."""
     from contrastive_jax import methods
     method = methods.get(config.method)
-    splits_at_embeddings = hasattr(method, "loss_parts")
+    splits_at_embeddings = method.loss_parts is not None
     options: list[tuple[str, dict, Slice]] = []
     if splits_at_embeddings and config.parallel != "fsdp":
         options.append(("--config.parallel=fsdp", {"parallel": "fsdp"}, tpu_slice))

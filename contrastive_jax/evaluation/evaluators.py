@@ -8,18 +8,18 @@ parameters and BatchNorm statistics (replicated in the run's layout). The pure f
 wrap (kNN, linear probe, zero-shot, retrieval) are in `contrastive_jax.evaluation.functions`.
 
 An empty `config.eval.evaluators` runs the method's default: kNN and the linear probe for image
-methods (any method with `encoder_features`), zero-shot classification and retrieval for
-image-text ones (`IMAGE_TEXT`), each only where the data allows it (labels, captions). A listed
-evaluator that cannot run (unknown, or its data is missing) is refused before training.
+methods, zero-shot classification and retrieval for image-text ones (`Method.image_text`),
+each only where the data allows it (labels, captions). A listed evaluator that cannot run
+(unknown, or its data is missing) is refused before training.
 """
 
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Any, Mapping, Protocol
 
 import ml_collections
 
+from contrastive_jax import methods
 from contrastive_jax.evaluation import image_text, representation
 from contrastive_jax.parallel.layout import Layout
 
@@ -42,7 +42,7 @@ IMAGE_DEFAULT = ("knn", "linear")
 IMAGE_TEXT_DEFAULT = ("zeroshot", "retrieval")
 
 
-def names(config: ml_collections.ConfigDict, method: ModuleType, info) -> tuple[str, ...]:
+def names(config: ml_collections.ConfigDict, method: methods.Method, info) -> tuple[str, ...]:
     """The evaluators a run makes: `eval.evaluators` if given (each must be able to run), else
     the method's default that the data allows. Raises ValueError naming the field."""
     listed = tuple(config.eval.get("evaluators", ()))
@@ -56,12 +56,12 @@ def names(config: ml_collections.ConfigDict, method: ModuleType, info) -> tuple[
             raise ValueError(f"config.eval.evaluators: {name!r} cannot run: {reason}")
     if listed:
         return listed
-    default = IMAGE_TEXT_DEFAULT if getattr(method, "IMAGE_TEXT", False) else IMAGE_DEFAULT
+    default = IMAGE_TEXT_DEFAULT if method.image_text else IMAGE_DEFAULT
     return tuple(name for name in default
                  if REGISTRY[name].unavailable(config, method, info) is None)
 
 
-def build(chosen: tuple[str, ...], config: ml_collections.ConfigDict, method: ModuleType,
+def build(chosen: tuple[str, ...], config: ml_collections.ConfigDict, method: methods.Method,
           model, info, layout: Layout) -> dict[str, Evaluator]:
     """The `chosen` evaluators (see `names`), each built once for the run."""
     return {name: REGISTRY[name](config, method, model, info, layout) for name in chosen}

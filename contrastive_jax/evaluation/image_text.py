@@ -1,9 +1,8 @@
 """Zero-shot classification and image <-> text retrieval evaluators of image-text methods
-(`IMAGE_TEXT`, `embed_images`, `embed_texts`)."""
+(`Method.image_text`, `embed_images`, `embed_texts`)."""
 
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Any
 
 import jax
@@ -11,13 +10,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from contrastive_jax import methods
 from contrastive_jax.evaluation import functions as evaluate, zeroshot
 from contrastive_jax.parallel.layout import Layout
 
 
-def _not_image_text(config: ml_collections.ConfigDict, method: ModuleType) -> str | None:
-    if not getattr(method, "IMAGE_TEXT", False):
-        return f"method {config.method!r} has no text tower (IMAGE_TEXT)"
+def _not_image_text(config: ml_collections.ConfigDict, method: methods.Method) -> str | None:
+    if not method.image_text:
+        return f"method {config.method!r} has no text tower (Method.image_text)"
     return None
 
 
@@ -53,7 +53,7 @@ class ZeroShotEvaluator:
     against the images of `eval.zeroshot_split` of `eval.zeroshot_source` (default: the
     training source). The split is looked up when the evaluator is built, before training."""
 
-    def __init__(self, config: ml_collections.ConfigDict, method: ModuleType, model, info,
+    def __init__(self, config: ml_collections.ConfigDict, method: methods.Method, model, info,
                  layout: Layout):
         del info
         check_zeroshot_split(config)
@@ -65,7 +65,7 @@ class ZeroShotEvaluator:
         self._config, self._layout = config, layout
 
     @staticmethod
-    def unavailable(config: ml_collections.ConfigDict, method: ModuleType, info) -> str | None:
+    def unavailable(config: ml_collections.ConfigDict, method: methods.Method, info) -> str | None:
         without_labels = not config.eval.get("zeroshot_source") and info.num_classes <= 0
         return _not_image_text(config, method) or (
             f"{config.data.source!r} has no labels; name a labelled source in "
@@ -100,7 +100,7 @@ class RetrievalEvaluator:
     """`i2t_recall@k` and `t2i_recall@k` (k = 1, 5, 10) over the images of the evaluation split
     and up to `eval.captions_per_image` captions each (`evaluate.retrieval_recall`)."""
 
-    def __init__(self, config: ml_collections.ConfigDict, method: ModuleType, model, info,
+    def __init__(self, config: ml_collections.ConfigDict, method: methods.Method, model, info,
                  layout: Layout):
         del info
         embed_images, embed_texts = method.embed_images(model), method.embed_texts(model)
@@ -116,7 +116,7 @@ class RetrievalEvaluator:
         self._config, self._layout = config, layout
 
     @staticmethod
-    def unavailable(config: ml_collections.ConfigDict, method: ModuleType, info) -> str | None:
+    def unavailable(config: ml_collections.ConfigDict, method: methods.Method, info) -> str | None:
         del info
         from contrastive_jax.data import image_text_pipeline
         return _not_image_text(config, method) or (

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from types import ModuleType
 from typing import Any, Iterator
 
 import ml_collections
 import numpy as np
 
+from contrastive_jax import methods
 from contrastive_jax.evaluation import functions as evaluate
 from contrastive_jax.parallel.layout import Layout
 
@@ -31,10 +31,9 @@ def one_round() -> Iterator[None]:
         _ROUND.reset(token)
 
 
-def unavailable(config: ml_collections.ConfigDict, method: ModuleType, info) -> str | None:
+def unavailable(config: ml_collections.ConfigDict, method: methods.Method, info) -> str | None:
     """Why the encoder's features cannot be evaluated by class (None when they can)."""
-    if not hasattr(method, "encoder_features"):
-        return f"method {config.method!r} has no encoder_features"
+    del method  # Every method has encoder_features.
     if info.num_classes <= 0:
         return f"{config.data.source!r} has no labels"
     return None
@@ -44,7 +43,7 @@ class SplitFeatures:
     """The encoder's features and labels of the training and evaluation splits, gathered from
     every device and host; the extractor is wrapped (and so compiled) once."""
 
-    def __init__(self, config: ml_collections.ConfigDict, method: ModuleType, model,
+    def __init__(self, config: ml_collections.ConfigDict, method: methods.Method, model,
                  layout: Layout):
         self._extractor = evaluate.feature_extractor(method.encoder_features(model), layout)
         self._data = config.data
@@ -87,7 +86,7 @@ class KnnEvaluator:
 
     unavailable = staticmethod(unavailable)
 
-    def __init__(self, config: ml_collections.ConfigDict, method: ModuleType, model, info,
+    def __init__(self, config: ml_collections.ConfigDict, method: methods.Method, model, info,
                  layout: Layout):
         self._features = SplitFeatures(config, method, model, layout)
         self._num_classes = info.num_classes
@@ -108,7 +107,7 @@ class LinearProbeEvaluator:
 
     unavailable = staticmethod(unavailable)
 
-    def __init__(self, config: ml_collections.ConfigDict, method: ModuleType, model, info,
+    def __init__(self, config: ml_collections.ConfigDict, method: methods.Method, model, info,
                  layout: Layout):
         self._features = SplitFeatures(config, method, model, layout)
         self._num_classes = info.num_classes

@@ -11,14 +11,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from contrastive_jax import losses
+from contrastive_jax.methods import Method, image_text
 from contrastive_jax.parallel import grad_cache
-from contrastive_jax.methods import image_text
-from contrastive_jax.methods.image_text import (IMAGE_TEXT, batch_shapes, embed_images,
-                                                embed_texts, encoder_features, init_variables)
-
-__all__ = ["IMAGE_TEXT", "after_update", "batch_shapes", "build_model", "embed_images",
-           "embed_texts", "encoder_features", "init_variables", "loss_fn", "loss_parts",
-           "validate"]
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int,
@@ -59,3 +53,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if not 0 < config.loss.init_scale <= config.loss.max_scale:
         raise ValueError(f"config.loss.init_scale ({config.loss.init_scale}) must be in "
                          f"(0, loss.max_scale = {config.loss.max_scale}]")
+
+
+METHOD = Method(name="clip", build_model=build_model,
+                init_variables=image_text.init_variables, batch_shapes=image_text.batch_shapes,
+                loss_fn=loss_fn, encoder_features=image_text.encoder_features,
+                validate=validate, after_update=after_update, loss_parts=loss_parts,
+                image_text=True, embed_images=image_text.embed_images,
+                embed_texts=image_text.embed_texts)

@@ -25,11 +25,11 @@ import jax.numpy as jnp
 import ml_collections
 
 from contrastive_jax import losses
+from contrastive_jax.methods import common
+from contrastive_jax.models import text
 from contrastive_jax.parallel import grad_cache
-from contrastive_jax.models import resnet, text, vit
 
 Array = jax.Array
-IMAGE_TEXT = True
 BYTE_VOCAB_SIZE = 259  # tokenizer.ByteTokenizer's, kept here so the model builds without TF.
 
 
@@ -72,24 +72,6 @@ def vocab_size(data_config: ml_collections.ConfigDict) -> int:
     return tokenizer.get_tokenizer(data_config).vocab_size
 
 
-def _layer_options(model_config: ml_collections.ConfigDict) -> dict:
-    """How the transformer towers run their blocks (`model.scan_layers`, `model.remat_policy`)."""
-    return {"scan_layers": model_config.get("scan_layers", False),
-            "remat_policy": model_config.get("remat_policy", "none")}
-
-
-def build_image_encoder(config: ml_collections.ConfigDict, axis_name: str | None) -> nn.Module:
-    model_config = config.model
-    dtype = jnp.dtype(model_config.dtype)
-    if model_config.name == "vit":
-        return vit.vit(model_config.variant, pool=model_config.pool, depth=model_config.depth,
-                       dtype=dtype, **_layer_options(model_config))
-    return resnet.resnet(model_config.name, width=model_config.width, stem=model_config.stem,
-                         base_width=model_config.base_width, bn_axis_name=axis_name,
-                         zero_init_residual=model_config.get("zero_init_residual", False),
-                         dtype=dtype)
-
-
 def build_model(config: ml_collections.ConfigDict, num_classes: int, axis_name: str | None,
                 init_log_scale: float, init_bias: float | None = None) -> ImageTextModel:
     """The towers that `config.model` describes, projecting into `model.embed_dim`."""
@@ -101,8 +83,8 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int, axis_name: 
         width=model_config.text_width, depth=model_config.text_depth,
         num_heads=model_config.text_heads, mlp_dim=model_config.text_mlp_dim,
         causal=model_config.text_causal, pool=model_config.text_pool, dtype=dtype,
-        dropout_rate=model_config.get("text_dropout", 0.0), **_layer_options(model_config))
-    return ImageTextModel(image_encoder=build_image_encoder(config, axis_name),
+        dropout_rate=model_config.get("text_dropout", 0.0), **common.layer_options(model_config))
+    return ImageTextModel(image_encoder=common.build_image_encoder(config, axis_name),
                           text_encoder=text_encoder, embed_dim=model_config.embed_dim,
                           init_log_scale=init_log_scale, init_bias=init_bias, dtype=dtype)
 

@@ -23,7 +23,6 @@ the batch statistics). `model.moco_bn` chooses how:
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import flax.linen as nn
@@ -33,15 +32,10 @@ import ml_collections
 import optax
 
 from contrastive_jax import losses
-from contrastive_jax.methods import simclr
-from contrastive_jax.methods.simclr import batch_shapes, encoder_features, init_variables
-
-__all__ = ["after_update", "batch_shapes", "build_model", "check_momentum", "encoder_features",
-           "init_extra", "init_variables", "loss_fn", "momentum_at", "validate"]
+from contrastive_jax.methods import Method, common
 
 Array = jax.Array
 BN_MODES = ("shuffle", "global")
-MOMENTUM_SCHEDULES = ("constant", "cosine")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -53,28 +47,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.loss.queue_size ({config.loss.queue_size}) must be a positive "
                          f"multiple of batch_size ({config.batch_size}), so that every step "
                          "replaces whole batches of keys")
-    check_momentum(config)
+    common.check_momentum(config)
     per_device = config.batch_size // jax.device_count()
     if config.model.bn_splits < 1 or per_device % config.model.bn_splits:
         raise ValueError(f"config.model.bn_splits ({config.model.bn_splits}) must divide the "
                          f"per-device batch ({per_device})")
 
 
-def check_momentum(config: ml_collections.ConfigDict) -> None:
-    """Refuses an EMA momentum outside [0, 1] or an unknown momentum schedule (MoCo, BYOL)."""
-    if not 0.0 <= config.loss.momentum <= 1.0:
-        raise ValueError(f"config.loss.momentum must be in [0, 1], got {config.loss.momentum}")
-    if config.loss.momentum_schedule not in MOMENTUM_SCHEDULES:
-        raise ValueError(f"config.loss.momentum_schedule must be one of {MOMENTUM_SCHEDULES}, "
-                         f"got {config.loss.momentum_schedule!r}")
-
-
 def build_model(config: ml_collections.ConfigDict, num_classes: int,
-                axis_name: str | None) -> simclr.SimCLRModel:
+                axis_name: str | None) -> common.ProjectionModel:
     """The ResNet + projection head of `config.model`; BatchNorm over `axis_name` only for
     global BN (shuffling BN keeps its statistics per group)."""
     global_bn = config.model.moco_bn == "global"
-    return simclr.build_model(config, num_classes, axis_name if global_bn else None)
+    return common.build_projection_model(config, num_classes, axis_name if global_bn else None)
 
 
 def init_extra(config: ml_collections.ConfigDict, variables: dict, rng: Array) -> dict:
@@ -82,15 +67,6 @@ def init_extra(config: ml_collections.ConfigDict, variables: dict, rng: Array) -
     queue = jax.random.normal(rng, (config.loss.queue_size, config.model.head_out_dim))
     return {"key_params": variables["params"], "key_batch_stats": variables["batch_stats"],
             "queue": losses.l2_normalize(queue), "queue_ptr": jnp.zeros((), jnp.int32)}
-
-
-def momentum_at(config: ml_collections.ConfigDict, step: Array) -> Array:
-    """The EMA momentum at `step`: constant m, or 1 - (1 - m) (cos(pi t / T) + 1) / 2."""
-    base = config.loss.momentum
-    if config.loss.momentum_schedule == "constant":
-        return jnp.asarray(base, jnp.float32)
-    progress = jnp.minimum(step / config.total_steps, 1.0)
-    return 1.0 - (1.0 - base) * (jnp.cos(math.pi * progress) + 1.0) / 2.0
 
 
 def _apply_in_groups(model: nn.Module, variables: dict, images: Array, groups: int):
@@ -127,7 +103,7 @@ def _shuffled_keys(key_fn: Callable[[Array], tuple[Array, dict]], images: Array,
     return jax.lax.dynamic_slice_in_dim(all_keys, first, n), all_keys, batch_stats
 
 
-def loss_fn(model: simclr.SimCLRModel, config: ml_collections.ConfigDict, params, state,
+def loss_fn(model: common.ProjectionModel, config: ml_collections.ConfigDict, params, state,
             batch: dict[str, Array], rng: Array, axis_name: str | None):
     """InfoNCE of view-1 queries against their view-2 keys and the queue, plus the online probe.
 
@@ -156,19 +132,26 @@ def loss_fn(model: simclr.SimCLRModel, config: ml_collections.ConfigDict, params
     contrastive, metrics = losses.info_nce(queries, keys, config.loss.temperature,
                                            negatives=extra["queue"], axis_name=axis_name,
                                            with_metrics=True)
-    probe_loss, probe_metrics = simclr.probe_loss_and_metrics(probe_logits, batch["label"])
+    probe_loss, probe_metrics = common.probe_loss_and_metrics(probe_logits, batch["label"])
     queue = jax.lax.dynamic_update_slice_in_dim(
         extra["queue"], jax.lax.stop_gradient(losses.l2_normalize(all_keys)),
         extra["queue_ptr"], axis=0)
     new_extra = {**extra, "key_batch_stats": key_batch_stats, "queue": queue,
                  "queue_ptr": (extra["queue_ptr"] + all_keys.shape[0]) % queue.shape[0]}
     metrics = {**metrics, **probe_metrics, "contrastive_loss": contrastive,
-               "moco_momentum": momentum_at(config, state.step)}
+               "moco_momentum": common.momentum_at(config, state.step)}
     return contrastive + probe_loss, ({"batch_stats": batch_stats, "extra": new_extra}, metrics)
 
 
 def after_update(config: ml_collections.ConfigDict, state):
     """Moves the key encoder towards the updated query encoder: k <- m k + (1 - m) q."""
-    m = momentum_at(config, state.step)
+    m = common.momentum_at(config, state.step)
     key_params = optax.incremental_update(state.params, state.extra["key_params"], 1.0 - m)
     return state.replace(extra={**state.extra, "key_params": key_params})
+
+
+METHOD = Method(name="moco", build_model=build_model,
+                init_variables=common.init_image_variables,
+                batch_shapes=common.two_view_batch_shapes, loss_fn=loss_fn,
+                encoder_features=common.encoder_features, validate=validate,
+                init_extra=init_extra, after_update=after_update)

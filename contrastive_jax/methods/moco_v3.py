@@ -5,7 +5,7 @@ The online network is a backbone (a ViT, or a ResNet) + a projector MLP (`model.
 4096 hidden, 256 out; BatchNorm in the hidden layers and one without scale or bias at the end)
 + a predictor MLP (`model.predictor_layers`). The momentum encoder is an EMA of the backbone and
 projector, k <- m k + (1 - m) q after every optimizer step, m rising from `loss.momentum` to 1 on
-a cosine (`moco.momentum_at`). Each view goes through both networks on its own, so BatchNorm
+a cosine (`common.momentum_at`). Each view goes through both networks on its own, so BatchNorm
 (synchronised over the `data` axis, as the reference's SyncBatchNorm) sees one view of the
 global batch at a time. The loss is symmetric InfoNCE against the keys of all devices,
 
@@ -37,13 +37,8 @@ import ml_collections
 import optax
 
 from contrastive_jax import losses
-from contrastive_jax.methods import image_text, moco, simclr
-from contrastive_jax.methods.simclr import batch_shapes, encoder_features, init_variables
+from contrastive_jax.methods import Method, common
 from contrastive_jax.models import heads
-
-__all__ = ["after_update", "batch_shapes", "build_model", "encoder_features", "frozen_params",
-           "init_extra", "init_variables", "loss_fn", "loss_multiplier", "momentum",
-           "symmetric_loss", "validate"]
 
 Array = jax.Array
 MOMENTUM_GROUPS = ("encoder", "projection")  # What the momentum encoder averages.
@@ -74,7 +69,7 @@ class MoCoV3Model(nn.Module):
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Refuses MoCo v3 settings that cannot run, naming the field."""
-    moco.check_momentum(config)
+    common.check_momentum(config)
     if config.model.freeze_patch_embed and config.model.name != "vit":
         raise ValueError(f"config.model.freeze_patch_embed freezes a ViT's patch projection; "
                          f"model.name is {config.model.name!r}: set it False")
@@ -94,7 +89,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int,
         num_layers=model_config.predictor_layers, hidden_dim=model_config.predictor_hidden_dim,
         out_dim=model_config.head_out_dim, output_bn=predictor_output_bn(config),
         bn_axis_name=axis_name, dtype=dtype)
-    return MoCoV3Model(encoder=image_text.build_image_encoder(config, axis_name),
+    return MoCoV3Model(encoder=common.build_image_encoder(config, axis_name),
                        projection=projection, predictor=predictor, num_classes=num_classes)
 
 
@@ -128,10 +123,10 @@ def frozen_params(config: ml_collections.ConfigDict, params: Any) -> Any:
 
 
 def momentum(config: ml_collections.ConfigDict, step: Array) -> Array:
-    """The EMA momentum applied after optimizer step `step`: `moco.momentum_at(step + 1)`, so
+    """The EMA momentum applied after optimizer step `step`: `common.momentum_at(step + 1)`, so
     that the encoder of step t + 1's keys moved with m(t + 1), as the reference moves it at the
     start of each iteration with that iteration's m."""
-    return moco.momentum_at(config, step + 1)
+    return common.momentum_at(config, step + 1)
 
 
 def loss_multiplier(config: ml_collections.ConfigDict) -> float:
@@ -181,7 +176,7 @@ def loss_fn(model: MoCoV3Model, config: ml_collections.ConfigDict, params, state
     k2, key_stats = _keys(model, extra["key_params"], key_stats, batch["view2"])
     contrastive, metrics = symmetric_loss(q1, q2, k1, k2, config.loss.temperature,
                                           loss_multiplier(config), axis_name)
-    probe_loss, probe_metrics = simclr.probe_loss_and_metrics(
+    probe_loss, probe_metrics = common.probe_loss_and_metrics(
         jnp.concatenate([probe1, probe2]), jnp.concatenate([batch["label"], batch["label"]]))
     metrics = {**metrics, **probe_metrics, "contrastive_loss": contrastive,
                "moco_momentum": momentum(config, state.step)}
@@ -196,3 +191,10 @@ def after_update(config: ml_collections.ConfigDict, state):
     key_params = optax.incremental_update(_momentum_part(state.params),
                                           state.extra["key_params"], 1.0 - m)
     return state.replace(extra={**state.extra, "key_params": key_params})
+
+
+METHOD = Method(name="moco_v3", build_model=build_model,
+                init_variables=common.init_image_variables,
+                batch_shapes=common.two_view_batch_shapes, loss_fn=loss_fn,
+                encoder_features=common.encoder_features, validate=validate,
+                init_extra=init_extra, after_update=after_update, frozen_params=frozen_params)

@@ -18,20 +18,14 @@ stop-gradient features tracks representation quality, as in SimCLR.
 
 from __future__ import annotations
 
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 
 from contrastive_jax import losses
-from contrastive_jax.methods import simclr
-from contrastive_jax.methods.simclr import batch_shapes, encoder_features, init_variables
+from contrastive_jax.methods import Method, common
 from contrastive_jax.models import heads
-
-__all__ = ["NNCLRModel", "batch_shapes", "build_model", "encoder_features", "enqueue",
-           "init_extra", "init_variables", "loss_fn", "nearest_neighbours", "nnclr_loss",
-           "validate"]
 
 Array = jax.Array
 
@@ -69,11 +63,11 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int,
                 axis_name: str | None) -> NNCLRModel:
     """SimCLR's encoder and projection head (`config.model`) and a predictor of
     `model.predictor_hidden_dim`, all with BatchNorm over `axis_name`."""
-    base = simclr.build_model(config, num_classes, axis_name)
+    base = common.build_projection_model(config, num_classes, axis_name)
     prediction = heads.BatchNormMLP(
         num_layers=2, hidden_dim=config.model.predictor_hidden_dim,
         out_dim=config.model.head_out_dim, bn_axis_name=axis_name,
-        dtype=jnp.dtype(config.model.get("dtype", "float32")))
+        dtype=common.model_dtype(config))
     return NNCLRModel(encoder=base.encoder, projection=base.projection, prediction=prediction,
                       num_classes=num_classes)
 
@@ -127,7 +121,7 @@ def loss_fn(model: NNCLRModel, config: ml_collections.ConfigDict, params, state,
     support_set = state.extra["support_set"]
     contrastive, metrics = nnclr_loss(z1, z2, p1, p2, support_set, config.loss.temperature,
                                       axis_name=axis_name)
-    probe_loss, probe_metrics = simclr.probe_loss_and_metrics(
+    probe_loss, probe_metrics = common.probe_loss_and_metrics(
         probe_logits, jnp.concatenate([batch["label"], batch["label"]]))
     new_rows = losses.gather(losses.l2_normalize(jax.lax.stop_gradient(z1)), axis_name)
     support_set, pointer = enqueue(support_set, state.extra["support_ptr"], new_rows)
@@ -135,3 +129,10 @@ def loss_fn(model: NNCLRModel, config: ml_collections.ConfigDict, params, state,
                "extra": {"support_set": support_set, "support_ptr": pointer}}
     metrics = {**metrics, **probe_metrics, "contrastive_loss": contrastive}
     return contrastive + probe_loss, (changes, metrics)
+
+
+METHOD = Method(name="nnclr", build_model=build_model,
+                init_variables=common.init_image_variables,
+                batch_shapes=common.two_view_batch_shapes, loss_fn=loss_fn,
+                encoder_features=common.encoder_features, validate=validate,
+                init_extra=init_extra)

@@ -11,13 +11,8 @@ import jax
 import ml_collections
 
 from contrastive_jax import losses
+from contrastive_jax.methods import Method, image_text
 from contrastive_jax.parallel import grad_cache
-from contrastive_jax.methods import image_text
-from contrastive_jax.methods.image_text import (IMAGE_TEXT, batch_shapes, embed_images,
-                                                embed_texts, encoder_features, init_variables)
-
-__all__ = ["IMAGE_TEXT", "batch_shapes", "build_model", "embed_images", "embed_texts",
-           "encoder_features", "init_variables", "loss_fn", "loss_parts", "validate"]
 
 IMPLS = ("all_gather", "ring")
 
@@ -55,3 +50,10 @@ def loss_fn(model: image_text.ImageTextModel, config: ml_collections.ConfigDict,
     """`loss_parts` in one pass, text dropout drawn from this device's fold of `rng`."""
     parts = loss_parts(model, config, axis_name, image_text.dropout_key(rng, axis_name))
     return grad_cache.one_pass(parts, params, state.batch_stats, batch)
+
+
+METHOD = Method(name="siglip", build_model=build_model,
+                init_variables=image_text.init_variables, batch_shapes=image_text.batch_shapes,
+                loss_fn=loss_fn, encoder_features=image_text.encoder_features,
+                validate=validate, loss_parts=loss_parts, image_text=True,
+                embed_images=image_text.embed_images, embed_texts=image_text.embed_texts)

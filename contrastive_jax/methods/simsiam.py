@@ -18,25 +18,22 @@ import jax
 import ml_collections
 
 from contrastive_jax import losses
+from contrastive_jax.methods import Method, common
 from contrastive_jax.parallel import grad_cache
-from contrastive_jax.methods import byol
-from contrastive_jax.methods.byol import batch_shapes, encoder_features, init_variables
-
-__all__ = ["batch_shapes", "build_model", "encoder_features", "init_variables", "loss_fn",
-           "loss_parts", "validate"]
 
 Array = jax.Array
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Refuses MLPs without a layer."""
-    byol.check_mlp_layers(config)
+    common.check_mlp_layers(config)
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int,
-                axis_name: str | None) -> byol.BYOLModel:
+                axis_name: str | None) -> common.PredictorModel:
     """BYOL's network with SimSiam's projector: BatchNorm (no affine) on its output."""
-    return byol.build_model(config, num_classes, axis_name, projector_output_bn=True)
+    return common.build_predictor_model(config, num_classes, axis_name,
+                                        projector_output_bn=True)
 
 
 def simsiam_loss(p1: Array, p2: Array, z1: Array, z2: Array) -> Array:
@@ -45,14 +42,14 @@ def simsiam_loss(p1: Array, p2: Array, z1: Array, z2: Array) -> Array:
     return 0.5 * (losses.negative_cosine(p1, z2) + losses.negative_cosine(p2, z1))
 
 
-def loss_parts(model: byol.BYOLModel, config: ml_collections.ConfigDict,
+def loss_parts(model: common.PredictorModel, config: ml_collections.ConfigDict,
                axis_name: str | None) -> grad_cache.LossParts:
     """The views' projections, predictions and probe logits (one view at a time through the
     network), then SimSiam's loss of them plus the online probe's."""
     del config, axis_name  # BatchNorm's axis is the model's; the loss is per example.
 
     def embed(params, batch_stats, batch):
-        online, batch_stats = byol.apply_per_view(model, params, batch_stats,
+        online, batch_stats = common.apply_per_view(model, params, batch_stats,
                                                   (batch["view1"], batch["view2"]))
         outputs = {f"{name}{view}": out[name] for view, out in enumerate(online, start=1)
                    for name in ("projection", "prediction", "probe_logits")}
@@ -62,17 +59,24 @@ def loss_parts(model: byol.BYOLModel, config: ml_collections.ConfigDict,
         del params
         loss = simsiam_loss(outputs["prediction1"], outputs["prediction2"],
                             outputs["projection1"], outputs["projection2"])
-        probe_loss, probe_metrics = byol.probe_loss_both_views(
+        probe_loss, probe_metrics = common.probe_loss_both_views(
             [outputs["probe_logits1"], outputs["probe_logits2"]], batch["label"])
         return loss + probe_loss, {**probe_metrics, "simsiam_loss": loss,
-                                   "output_std": byol.output_std(outputs["projection1"])}
+                                   "output_std": common.output_std(outputs["projection1"])}
 
     return grad_cache.LossParts(embed, loss_on)
 
 
-def loss_fn(model: byol.BYOLModel, config: ml_collections.ConfigDict, params, state,
+def loss_fn(model: common.PredictorModel, config: ml_collections.ConfigDict, params, state,
             batch: dict[str, Array], rng: Array, axis_name: str | None):
     """`loss_parts` in one pass; metrics are this device's."""
     del rng
     return grad_cache.one_pass(loss_parts(model, config, axis_name), params, state.batch_stats,
                                batch)
+
+
+METHOD = Method(name="simsiam", build_model=build_model,
+                init_variables=common.init_image_variables,
+                batch_shapes=common.two_view_batch_shapes, loss_fn=loss_fn,
+                encoder_features=common.encoder_features, validate=validate,
+                loss_parts=loss_parts)

@@ -36,12 +36,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from contrastive_jax import losses
-from contrastive_jax.methods import simclr
-from contrastive_jax.methods.simclr import encoder_features, init_variables
+from contrastive_jax.methods import Method, common
 from contrastive_jax.models import heads
-
-__all__ = ["after_update", "batch_shapes", "build_model", "device_share", "encoder_features",
-           "init_extra", "init_variables", "loss_fn", "prototype_scores", "validate"]
 
 Array = jax.Array
 
@@ -110,7 +106,7 @@ def _validate_small_crops(data: ml_collections.ConfigDict) -> None:
 
 def batch_shapes(config: ml_collections.ConfigDict, n: int) -> dict[str, jax.ShapeDtypeStruct]:
     """SimCLR's two views and labels, and with multi-crop "small_views" [n, V, s, s, 3]."""
-    shapes = simclr.batch_shapes(config, n)
+    shapes = common.two_view_batch_shapes(config, n)
     num = config.data.get("small_crops", 0)
     if num > 0:
         size = config.data.small_crop_size
@@ -127,8 +123,8 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int,
         num_layers=model_config.head_layers, hidden_dim=model_config.get("head_hidden_dim"),
         out_dim=model_config.head_out_dim, use_bn=model_config.get("head_bn", True),
         output_bn=model_config.swav_output_bn, bn_axis_name=axis_name,
-        dtype=simclr.model_dtype(config))
-    return SwAVModel(encoder=simclr.build_encoder(config, axis_name), projection=projection,
+        dtype=common.model_dtype(config))
+    return SwAVModel(encoder=common.build_encoder(config, axis_name), projection=projection,
                      num_classes=num_classes, num_prototypes=config.loss.num_prototypes)
 
 
@@ -206,7 +202,7 @@ def loss_fn(model: SwAVModel, config: ml_collections.ConfigDict, params, state,
         epsilon=config.loss.sinkhorn_epsilon, iterations=config.loss.sinkhorn_iterations,
         axis_name=axis_name, small_scores=small_scores, queue_scores=queue_scores,
         use_queue=use_queue)
-    probe_loss, probe_metrics = simclr.probe_loss_and_metrics(
+    probe_loss, probe_metrics = common.probe_loss_and_metrics(
         probe_logits, jnp.concatenate([batch["label"], batch["label"]]))
     metrics = {**probe_metrics, "contrastive_loss": contrastive,
                "prototypes_frozen": frozen.astype(jnp.float32),
@@ -219,3 +215,9 @@ def after_update(config: ml_collections.ConfigDict, state):
     """Puts the prototypes back on the unit sphere."""
     params = {**state.params, "prototypes": losses.l2_normalize(state.params["prototypes"])}
     return state.replace(params=params)
+
+
+METHOD = Method(name="swav", build_model=build_model,
+                init_variables=common.init_image_variables, batch_shapes=batch_shapes,
+                loss_fn=loss_fn, encoder_features=common.encoder_features, validate=validate,
+                init_extra=init_extra, after_update=after_update)

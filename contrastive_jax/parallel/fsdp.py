@@ -84,7 +84,7 @@ def bytes_per_device(state: PyTree) -> int:
 def validate(config: ml_collections.ConfigDict, method, num_devices: int | None = None) -> None:
     """Refuses fsdp for a method whose loss is not split at the embeddings, or an fsdp_size
     that does not divide `num_devices` (default: every device)."""
-    if config.parallel == "fsdp" and not hasattr(method, "loss_parts"):
+    if config.parallel == "fsdp" and method.loss_parts is None:
         raise ValueError(f"config.parallel='fsdp' needs a loss over embeddings; method "
                          f"{config.method!r} has none (SimCLR, SupCon, SimSiam, CLIP and "
                          "SigLIP do)")
@@ -142,7 +142,6 @@ def make_step(method, model, config: ml_collections.ConfigDict,
     C > 1 the model embeds and back-propagates the batch in C chunks (`grad_cache`), each a
     slice of every device's rows."""
     parts = method.loss_parts(model, config, BATCH_AXES)
-    after_update = getattr(method, "after_update", lambda config, state: state)
     param_specs = jax.tree.map(lambda s: s.spec, shardings.params)
     loss_on_devices = _loss_on_devices(parts, mesh, param_specs)
     batch_sharding = NamedSharding(mesh, P(BATCH_AXES))
@@ -174,7 +173,7 @@ def make_step(method, model, config: ml_collections.ConfigDict,
                                            one_pass_grads)(state, batch)
         grads = jax.lax.with_sharding_constraint(grads, shardings.params)
         new_state = optim.apply_gradients(state, grads, tx, {"batch_stats": new_stats},
-                                          lambda new: after_update(config, new))
+                                          lambda new: method.after_update(config, new))
         metrics = {**metrics, "loss": loss, "learning_rate": schedule(state.step)}
         return new_state, metrics
 

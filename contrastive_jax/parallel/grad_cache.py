@@ -113,7 +113,7 @@ def validate(config: ml_collections.ConfigDict, method, num_devices: int) -> Non
         return
     if chunks < 1:
         raise ValueError(f"config.grad_cache_chunks must be >= 1, got {chunks}")
-    if not hasattr(method, "loss_parts"):
+    if method.loss_parts is None:
         raise ValueError(f"config.grad_cache_chunks={chunks}: method {config.method!r} has no "
                          "loss over embeddings to cache (SimCLR, SupCon, SimSiam, CLIP and "
                          "SigLIP do)")

@@ -9,7 +9,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from contrastive_jax import config_checks, config_defaults, losses, methods, optim, parallel, train, train_step
-from contrastive_jax.methods import byol, moco, simsiam
+from contrastive_jax.methods import common, simsiam
 from contrastive_jax.models import heads
 from contrastive_jax.parallel.layout import Layout
 
@@ -91,7 +91,7 @@ def test_each_view_gets_its_own_batchnorm_statistics():
     variables = jax.jit(lambda x: mlp.init(jax.random.PRNGKey(0), x, train=False))(views[0])
     apply = jax.jit(lambda x: mlp.apply(variables, x, train=True, mutable=["batch_stats"]))
     alone = [apply(view) for view in views]
-    outputs, stats = jax.jit(lambda v: byol.apply_per_view(
+    outputs, stats = jax.jit(lambda v: common.apply_per_view(
         mlp, variables["params"], variables["batch_stats"], v))(views)
     for view in range(2):
         np.testing.assert_allclose(outputs[view], alone[view][0], rtol=1e-5, atol=1e-6)
@@ -169,7 +169,7 @@ def test_byol_target_is_the_ema_of_the_online_network(byol_states):
     """Step 2 (state.step 1): xi <- tau xi + (1 - tau) theta with tau = momentum_at(1), and no
     other change, though the online network moved; the predictor and probe have no target."""
     _, before, after = byol_states["shard_map"]
-    tau = float(moco.momentum_at(byol_config(), 1))
+    tau = float(common.momentum_at(byol_config(), 1))
     assert 0.9 < tau < 0.99  # The cosine schedule, part way.
     online = {name: after.params[name] for name in ("encoder", "projection")}
     want = jax.tree.map(lambda xi, theta: tau * np.float64(xi) + (1 - tau) * np.float64(theta),

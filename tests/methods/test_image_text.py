@@ -144,10 +144,10 @@ def test_sharded_evaluation_equals_one_device(captions_tfds_dir, tmp_path, kind)
     model = clip.build_model(config, 3, None)
     batch = next(image_text_pipeline.eval_iterator(config.data, "test", global_batch_size=8,
                                                    process_index=0, process_count=1))
-    images = np.asarray(clip.embed_images(model)(host, batch["image"][:3]))
+    images = np.asarray(clip.METHOD.embed_images(model)(host, batch["image"][:3]))
     valid = np.any(batch["text"][:3] != 0, axis=-1)
     image_of_text, caption = np.nonzero(valid)
-    texts = np.asarray(clip.embed_texts(model)(host, batch["text"][:3][image_of_text, caption]))
+    texts = np.asarray(clip.METHOD.embed_texts(model)(host, batch["text"][:3][image_of_text, caption]))
     for k in (1, 5):
         i2t, t2i = brute_force_recall(images, texts, image_of_text, k)
         assert results[f"i2t_recall@{k}"] == pytest.approx(i2t)
@@ -155,7 +155,7 @@ def test_sharded_evaluation_equals_one_device(captions_tfds_dir, tmp_path, kind)
     names = ["red square", "green field", "blue sea"]
     prompts = [p for name in names for p in zeroshot.prompts(name, zeroshot.EVAL_TEMPLATES)]
     tokens = np.asarray(tokenizer.get_tokenizer(config.data).tokenize(prompts))
-    prompt_embeddings = np.asarray(clip.embed_texts(model)(host, tokens)).reshape(3, -1, 16)
+    prompt_embeddings = np.asarray(clip.METHOD.embed_texts(model)(host, tokens)).reshape(3, -1, 16)
     want = evaluate.zero_shot_top1(images, np.arange(3),
                                    evaluate.zero_shot_classifier(prompt_embeddings))
     assert results["zeroshot_top1"] == pytest.approx(want)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from contrastive_jax import config_checks, losses, methods, optim, parallel, train, train_step
-from contrastive_jax.methods import moco
+from contrastive_jax.methods import common, moco
 
 from support import assert_trees_equal, tiny_config
 
@@ -83,11 +83,11 @@ def test_key_encoder_is_the_ema_of_the_query_encoder(shuffled_run):
 
 def test_momentum_schedules():
     config = moco_config(**{"loss.momentum": 0.99, "total_steps": 100})
-    assert float(moco.momentum_at(config, 37)) == pytest.approx(0.99)
+    assert float(common.momentum_at(config, 37)) == pytest.approx(0.99)
     config.loss.momentum_schedule = "cosine"
     for t in (0, 25, 50, 100):
         want = 1 - 0.01 * (np.cos(np.pi * t / 100) + 1) / 2
-        assert float(moco.momentum_at(config, t)) == pytest.approx(want, rel=1e-6)
+        assert float(common.momentum_at(config, t)) == pytest.approx(want, rel=1e-6)
 
 
 def test_shuffled_bn_keys_enter_the_queue_in_order(shuffled_run):
@@ -156,7 +156,7 @@ def test_split_bn_normalises_each_group_on_its_own():
     """bn_splits=2 (MoCo's split BN for one device) == the network run on each half alone."""
     config = moco_config()
     model = moco.build_model(config, 10, None)
-    variables = moco.init_variables(model, config, jax.random.PRNGKey(0))
+    variables = moco.METHOD.init_variables(model, config, jax.random.PRNGKey(0))
     images = random_batch(0)["view1"][:8]
     in_groups = jax.jit(lambda x, groups: moco._apply_in_groups(model, variables, x, groups),
                         static_argnums=1)

@@ -149,7 +149,7 @@ def test_patch_projection_is_frozen_while_the_rest_trains(runs):
 def test_frozen_params_mark_exactly_the_patch_projection(freeze):
     config = moco_v3_config(**{"model.freeze_patch_embed": freeze})
     model = moco_v3.build_model(config, 10, None)
-    params = jax.eval_shape(lambda: moco_v3.init_variables(model, config,
+    params = jax.eval_shape(lambda: moco_v3.METHOD.init_variables(model, config,
                                                            jax.random.PRNGKey(0)))["params"]
     marked = {jax.tree_util.keystr(path) for path, frozen in
               jax.tree_util.tree_leaves_with_path(moco_v3.frozen_params(config, params))

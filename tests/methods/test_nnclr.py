@@ -46,7 +46,7 @@ def test_build_model_has_the_papers_heads():
     2-layer predictor whose output Dense has a bias and no BatchNorm (shapes only)."""
     config = nnclr_config(**{"model.head_hidden_dim": 48, "model.predictor_hidden_dim": 40})
     model = nnclr.build_model(config, 10, None)
-    shapes = jax.eval_shape(lambda: nnclr.init_variables(model, config, jax.random.PRNGKey(0)))
+    shapes = jax.eval_shape(lambda: nnclr.METHOD.init_variables(model, config, jax.random.PRNGKey(0)))
     projection, prediction = shapes["params"]["projection"], shapes["params"]["prediction"]
     assert [projection[f"Dense_{k}"]["kernel"].shape[1] for k in range(3)] == [48, 48, 16]
     assert sorted(name for name in projection if name.startswith("BatchNorm")) == [

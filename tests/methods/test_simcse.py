@@ -49,7 +49,7 @@ def initial_params(method):
         return {**clip_variables, "params": {**clip_variables["params"], "bias": bias}}
     config = image_text_config(method)
     model = clip.build_model(config, 10, None)
-    return jax.jit(lambda: clip.init_variables(model, config, jax.random.PRNGKey(0)))()
+    return jax.jit(lambda: clip.METHOD.init_variables(model, config, jax.random.PRNGKey(0)))()
 
 
 def setup(method="clip", **overrides):
@@ -95,7 +95,7 @@ def test_dropout_makes_two_different_views_of_one_caption():
     def views_and_inference(key):
         views, _ = clip.loss_parts(model, config, None, key).embed(variables["params"], {},
                                                                    batch)
-        return views, clip.embed_texts(model)(variables, batch["text"])
+        return views, clip.METHOD.embed_texts(model)(variables, batch["text"])
 
     views, inference = views_and_inference(jax.random.PRNGKey(3))
     view1, view2 = np.asarray(views["text"]), np.asarray(views["text_view2"])
@@ -172,8 +172,8 @@ def test_simcse_weight_zero_leaves_the_clip_loss_unchanged():
     def loss_and_embeddings():
         loss, (_, metrics) = clip.loss_fn(model, config, params, state, batch,
                                           jax.random.PRNGKey(0), None)
-        return (loss, metrics, clip.embed_images(model)(variables, batch["image"]),
-                clip.embed_texts(model)(variables, batch["text"]))
+        return (loss, metrics, clip.METHOD.embed_images(model)(variables, batch["image"]),
+                clip.METHOD.embed_texts(model)(variables, batch["text"]))
 
     loss, metrics, image, texts = loss_and_embeddings()
     logits = np.exp(params["log_scale"]) * unit(np.asarray(image)) @ unit(np.asarray(texts)).T

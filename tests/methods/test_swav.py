@@ -140,7 +140,7 @@ def test_prototypes_get_no_gradient_while_frozen_and_stay_unit_after_a_step():
     assert float(jnp.abs(frozen["prototypes"]).max()) == 0.0
     assert float(jnp.abs(thawed["prototypes"]).max()) > 0.0
     assert float(jnp.abs(frozen["encoder"]["stem_conv"]["kernel"]).max()) > 0.0
-    features = swav.encoder_features(swav.build_model(config, 10, None))(
+    features = swav.METHOD.encoder_features(swav.build_model(config, 10, None))(
         {"params": state.params, "batch_stats": state.batch_stats}, np.zeros((2, 16, 16, 3)))
     assert features.shape == (2, 32)  # The pooled encoder features, not the projections.
     moved = state.params | {"prototypes": state.params["prototypes"] + thawed["prototypes"]}

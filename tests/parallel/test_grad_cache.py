@@ -54,8 +54,8 @@ def test_simclr_parts_in_one_chunk_equal_the_loss_function():
     """One chunk runs embed / loss-on-embeddings / pull-back: with BatchNorm and the online
     probe, the gradient equals jax.grad of the one-pass loss."""
     config = config_checks.resolve_steps(tiny_config("simclr", **{"loss.multiplier": 2.0}), 64)
-    model = simclr.build_model(config, 10, None)
-    variables = simclr.init_variables(model, config, jax.random.PRNGKey(0))
+    model = simclr.METHOD.build_model(config, 10, None)
+    variables = simclr.METHOD.init_variables(model, config, jax.random.PRNGKey(0))
     rng = np.random.default_rng(0)
     batch = {"view1": rng.random((6, 16, 16, 3), np.float32),
              "view2": rng.random((6, 16, 16, 3), np.float32),
