@@ -3,6 +3,7 @@
 
 import dataclasses
 import json
+import os
 
 import ml_collections
 import numpy as np
@@ -10,6 +11,8 @@ import pytest
 
 from contrastive_jax import config_checks, config_defaults, methods
 from contrastive_jax.augment import spec
+
+from support import REPO, load_config
 
 
 @pytest.mark.parametrize("method", sorted(methods.METHODS))
@@ -73,3 +76,11 @@ def test_a_blur_probability_outside_0_1_is_refused():
     with pytest.raises(ValueError, match=r"config\.data\.blur_prob must be >= 0 and <= 1"):
         config_checks.check_ranges(config)
 
+
+def test_byol_imagenet_adds_the_brightness_delta_as_its_reference():
+    """BYOL's reference adds a delta; the configs that follow SimCLR's reference code (its
+    default "simclrv2" brightness) or torchvision's keep the factor."""
+    assert load_config(os.path.join(REPO, "configs", "byol_imagenet.py")
+                       ).data.brightness_mode == "add"
+    for name in ("simclr_imagenet.py", "byol_cifar10.py", "moco_v3_vit_small.py"):
+        assert load_config(os.path.join(REPO, "configs", name)).data.brightness_mode == "multiply"
