@@ -9,7 +9,8 @@ adaptation; 10 warmup epochs, then cosine decay; target momentum tau from 0.996 
 cosine; projector and predictor 4096 -> 256 with BatchNorm in the hidden layer; synchronised
 BatchNorm; 224x224 crops of 8-100% of the area, bfloat16 compute. The views are asymmetric as
 in the paper: Gaussian blur with p = 1.0 on view 1 and 0.1 on view 2 (sigma 0.1-2, a kernel
-of 23 px), solarisation with p = 0 and 0.2. Approximated: the paper's colour jitter is
+of 23 px), solarisation with p = 0 and 0.2; brightness adds a delta in [-0.4, 0.4] as the
+reference's does (`data.brightness_mode = "add"`). Approximated: the paper's colour jitter is
 brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1 with p = 0.8; colour strength 0.5 gives
 saturation 0.4. Written for a TPU pod slice (launch/tpu_pod.sh) reading tfds:imagenet2012.
 """
@@ -24,6 +25,7 @@ def get_config(arg=None):
     config.num_epochs = 1000.0
     config_defaults.imagenet_run(config)
     config_defaults.byol_views(config)
+    config.data.brightness_mode = "add"  # The reference's x + delta, not SimCLR v2's x * factor.
     config.model.zero_init_residual = True  # The reference's blocks end in a BN scaled by 0.
 
     config.optimizer.learning_rate = 0.2

@@ -6,7 +6,9 @@ A value outside its range is refused with one message naming the field, the valu
 finite number, got inf`), instead of training on
 it (a negative learning rate ascends the loss, an infinite temperature makes every logit 0, a
 crop area above 1 cannot be drawn) or failing later in a way that names something else (a
-temperature of NaN reported as "loss is nan"). Fields a config does not have are skipped.
+temperature of NaN reported as "loss is nan"). A field that names one of a few choices is
+refused when it names none of them (`config.data.brightness_mode must be one of ('multiply',
+'add'), got 'mul'`). Fields a config does not have are skipped.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import math
 from typing import NamedTuple
 
 import ml_collections
+
+from contrastive_jax.augment import spec
 
 
 class Range(NamedTuple):
@@ -58,6 +62,7 @@ RANGES = {
     "data.crop_area_min": AREA,
     "data.color_strength": NON_NEGATIVE,
     "data.grayscale_prob": FRACTION,
+    "data.blur_prob": FRACTION,
     "data.solarize_prob": FRACTION,
     "data.eval_crop_fraction": AREA,
     "data.small_crop_area_min": AREA,
@@ -79,6 +84,11 @@ RANGES = {
 }
 
 
+CHOICES = {
+    "data.brightness_mode": spec.BRIGHTNESS_MODES,
+}
+
+
 def lookup(config: ml_collections.ConfigDict, dotted: str):
     """The value at a dotted path, None where a part is missing."""
     value = config
@@ -88,7 +98,8 @@ def lookup(config: ml_collections.ConfigDict, dotted: str):
 
 
 def check_ranges(config: ml_collections.ConfigDict) -> None:
-    """Refuses the first numeric field outside its range, naming it."""
+    """Refuses the first numeric field outside its range, or the first field that names none
+    of its choices, naming it."""
     for key, allowed in RANGES.items():
         value = lookup(config, key)
         values = value if isinstance(value, (tuple, list)) else [value]  # Per-view settings.
@@ -96,6 +107,10 @@ def check_ranges(config: ml_collections.ConfigDict) -> None:
                         if v is not None and allowed.problem(v)), None)
         if problem:
             raise ValueError(f"config.{key} {problem}, got {value}")
+    for key, allowed in CHOICES.items():
+        value = lookup(config, key)
+        if value is not None and value not in allowed:
+            raise ValueError(f"config.{key} must be one of {allowed}, got {value!r}")
 
 
 def resolve_steps(config: ml_collections.ConfigDict, num_train_examples: int

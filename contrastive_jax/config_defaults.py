@@ -38,9 +38,11 @@ def base(method: str = "simclr") -> ml_collections.ConfigDict:
     config.data.eval_split = "test"
     config.data.color_strength = 1.0
     config.data.blur = False
+    config.data.blur_prob = 0.5  # When blur is on; a pair (v1, v2) gives each view its own.
     config.data.crop_area_min = 0.08
     config.data.solarize_prob = 0.0
     config.data.grayscale_prob = 0.2
+    config.data.brightness_mode = "multiply"  # x * f, or "add": x + f - 1 (see augment/spec.py)
     config.data.synthetic_num_examples = 10_000  # source "synthetic": random images (eval: 1/5)
     config.data.eval_crop_fraction = 1.0  # ImageNet: 0.875 (resize 256, centre crop 224)
     config.data.augment_on = "host"  # or "device": views drawn on the accelerators
@@ -421,7 +423,8 @@ def byol_views(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.data.crop_area_min = 0.08
     config.data.color_strength = 0.5
     config.data.blur = True
-    config.data.blur_prob = (1.0, 0.1)  # One probability per view (augment.two_views).
+    del config.data["blur_prob"]  # A float by default; here a pair, one per view.
+    config.data.blur_prob = (1.0, 0.1)
     del config.data["solarize_prob"]  # A float by default; here a pair, one per view.
     config.data.solarize_prob = (0.0, 0.2)
     return config

@@ -30,7 +30,7 @@ from typing import Iterator
 import ml_collections
 import tensorflow as tf
 
-from contrastive_jax import cli
+from contrastive_jax import cli, config_defaults
 from contrastive_jax.data import sources as data_sources, input_pipeline
 
 # The reference's CIFAR-10 pretraining settings (its README: --image_size=32
@@ -39,10 +39,13 @@ _REFERENCE_SHUFFLE_MULTIPLIER = 50  # data.py: shuffle(batch_size * 50) for imag
 
 
 def data_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
+    """config_defaults' `config.data` with the flags' source, size, colour strength and blur."""
+    cfg = config_defaults.base().data
+    cfg.update(dict(
         source=args.source, data_dir=args.data_dir, image_size=args.image_size,
-        train_split="train", eval_split=args.eval_split, color_strength=args.color_strength,
-        blur=args.blur, crop_area_min=0.08, solarize_prob=0.0, shuffle_files=True))
+        eval_split=args.eval_split, color_strength=args.color_strength, blur=bool(args.blur),
+        crop_area_min=0.08, solarize_prob=0.0, shuffle_files=True))
+    return cfg
 
 
 def measure(iterator: Iterator, batch_size: int, steps: int, warmup: int) -> dict:

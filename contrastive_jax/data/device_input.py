@@ -4,14 +4,14 @@ A training split that fits (`data.device_resident_max_mb`, images of one size: C
 150 MB of uint8) is decoded once and kept on the devices as uint8, sharded over the `data` axis,
 each device holding 1/D of it. Every step the host sends only the global batch's example indices;
 each device gathers its slice of the batch from the shards of all devices (one reduce-scatter of
-the batch's pixels) and draws both views with `device_augment` from keys of (seed, epoch,
+the batch's pixels) and draws both views with `jnp_ops` from keys of (seed, epoch,
 index). The order of examples is a permutation of the whole split per epoch, fixed by
 (seed, epoch), so a batch depends on the step alone: not on the device or process count, and a
 resumed run sees exactly the batches an uninterrupted one would.
 
 A split that does not fit (ImageNet, or images of many sizes) is decoded, cropped, resized and
 flipped on the hosts (`input_pipeline.crop_iterator`: the examples and order of the host path),
-sent as uint8, and the devices apply the colour changes (`device_augment.colour_two_views`) with
+sent as uint8, and the devices apply the colour changes (`jnp_ops.colour_two_views`) with
 keys of (seed, epoch, index): the host's costliest ops move to the accelerators.
 """
 
@@ -27,7 +27,7 @@ from absl import logging as absl_logging
 from jax.sharding import PartitionSpec as P
 
 from contrastive_jax import parallel
-from contrastive_jax.augment import device as device_augment
+from contrastive_jax.augment import jnp_ops, spec
 from contrastive_jax.parallel.layout import Layout
 
 _ORDER_SALT = 0x0D3E  # Keeps the example order apart from the augmentation keys.
@@ -186,9 +186,9 @@ def resident_views_fn(seed: int, specs, axis_name: str = parallel.AXIS):
     def fn(arrays, epochs, indices):
         images = gather_rows(arrays["images"], indices, axis_name)
         labels = gather_rows(arrays["labels"], indices, axis_name)
-        keys = device_augment.example_keys(seed, _my_slice(epochs, axis_name),
-                                           _my_slice(indices, axis_name))
-        view1, view2 = device_augment.two_views(images, keys, specs)
+        keys = jnp_ops.example_keys(seed, _my_slice(epochs, axis_name),
+                                    _my_slice(indices, axis_name))
+        view1, view2 = jnp_ops.two_views(images, keys, specs)
         return {"view1": view1, "view2": view2, "label": labels}
 
     return fn
@@ -202,7 +202,7 @@ def resident_batches(data_config: ml_collections.ConfigDict, split: ResidentSpli
                      global_batch_size: int, seed: int, start_step: int,
                      layout: Layout) -> Iterator[PyTree]:
     """Device batches in the step's layout, from `start_step` on, forever."""
-    views = layout.wrap(resident_views_fn(seed, device_augment.view_specs(data_config)),
+    views = layout.wrap(resident_views_fn(seed, spec.view_specs(data_config)),
                         in_specs=(P(parallel.AXIS), P(), P()), out_specs=P(parallel.AXIS))
     order = GlobalOrder(split.num_examples, seed)
     step = start_step
@@ -217,9 +217,8 @@ def host_crop_views_fn(seed: int, specs):
     {"view1", "view2", "label"} with the colour changes applied."""
 
     def fn(batch):
-        keys = device_augment.example_keys(seed, batch["epoch"], batch["index"])
-        view1, view2 = device_augment.colour_two_views(batch["view1"], batch["view2"], keys,
-                                                       specs)
+        keys = jnp_ops.example_keys(seed, batch["epoch"], batch["index"])
+        view1, view2 = jnp_ops.colour_two_views(batch["view1"], batch["view2"], keys, specs)
         return {"view1": view1, "view2": view2, "label": batch["label"]}
 
     return fn
@@ -233,7 +232,7 @@ def host_crop_batches(data_config: ml_collections.ConfigDict, *, global_batch_si
 
     crops = input_pipeline.crop_iterator(data_config, global_batch_size=global_batch_size,
                                          seed=seed, start_step=start_step)
-    colour = layout.wrap(host_crop_views_fn(seed, device_augment.view_specs(data_config)),
+    colour = layout.wrap(host_crop_views_fn(seed, spec.view_specs(data_config)),
                          in_specs=(P(parallel.AXIS),), out_specs=P(parallel.AXIS))
     for batch in layout.prefetch(crops):
         yield colour(batch)

@@ -10,7 +10,7 @@ Captions come from one of two places:
   prompts with the held-out `zeroshot.EVAL_TEMPLATES`).
 
 Sources, host shards, epoch order and the resume guarantee are input_pipeline's: the crop, the
-flip and the caption drawn for example i in epoch e all come from augment.example_seed(seed, e, i),
+flip and the caption drawn for example i in epoch e all come from tf_ops.example_seed(seed, e, i),
 so a run resumed at `start_step` yields exactly the batches of an uninterrupted run. Text is
 tokenised inside tf.data, a batch at a time (see tokenizer).
 """
@@ -22,7 +22,7 @@ from typing import Callable, Iterator, NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from contrastive_jax.augment import host as augment
+from contrastive_jax.augment import tf_ops
 from contrastive_jax.data import sources as data_sources, input_pipeline, numpy_data
 from contrastive_jax.evaluation import zeroshot
 from contrastive_jax.data.sources import DataError
@@ -135,9 +135,9 @@ def _train_map(data_config, seed: int, read, captions: _Captions):
     def fn(epoch, index, *record):
         image, label, *rest = read(index, *record)
         seeds = tf.random.experimental.stateless_split(
-            augment.example_seed(seed, epoch, index), num=3)
-        image = augment.random_resized_crop(augment.to_float(image), seeds[0], size, area_range)
-        image = augment.random_flip(image, seeds[1])
+            tf_ops.example_seed(seed, epoch, index), num=3)
+        image = tf_ops.random_resized_crop(tf_ops.to_float(image), seeds[0], size, area_range)
+        image = tf_ops.random_flip(image, seeds[1])
         out = {"image": tf.ensure_shape(image, [size, size, 3]),
                "text": _choose(captions.candidates(label, *rest), seeds[2])}
         if captions.labelled:
@@ -224,7 +224,7 @@ def eval_iterator(data_config, split: str, *, global_batch_size: int, captions_p
         return tf.ensure_shape(texts, [num]), tf.range(num) < count
 
     def preprocess(image, texts, text_valid, valid):
-        image = augment.center_crop(image, size, crop_fraction)
+        image = tf_ops.center_crop(image, size, crop_fraction)
         image = tf.where(valid, image, tf.zeros_like(image))
         return {"image": image, "text": texts, "text_valid": text_valid, "mask": valid}
 

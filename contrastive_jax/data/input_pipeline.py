@@ -5,12 +5,13 @@ which of them a host reads, and in which order, from `host_shards`.
 
 Training (`train_iterator`): each host takes its own shard of the examples (an even split of the
 file list, or `tfds.even_splits`). In epoch e the shard is visited in an order fixed by (seed, e),
-and example i's two views are drawn with the seed `augment.example_seed(seed, e, i)`, where i is
+and example i's two views are drawn with the seed `tf_ops.example_seed(seed, e, i)`, where i is
 the example's index in the whole split, so a run resumed at `start_step` yields exactly the
 batches an uninterrupted run yields from that step on; the skip happens on the index stream,
-before any image is read. The views are made in two stages: `crop_stage` decodes, crops, resizes
-and flips each example, `color_stage` applies the colour changes to a whole batch at once; together
-they give `augment.two_views`' views, to float rounding.
+before any image is read. The views are made in two stages, as `spec.view_specs(data_config)`
+says: `crop_stage` decodes, crops, resizes and flips each example, `color_stage` applies the
+colour changes to a whole batch at once (`tf_batch`); together they give the per-example views of
+the tests' reference, to float rounding.
 
 Evaluation (`eval_iterator`) visits every example of a split exactly once over all hosts, padding
 the last batch (mask False) so that every host yields as many batches.
@@ -19,55 +20,18 @@ image_text_pipeline builds on the same per-host records (`train_source`, `tfds_e
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
-from contrastive_jax.augment import host as augment
+from contrastive_jax.augment import spec, tf_batch, tf_ops
 from contrastive_jax.data import host_shards, numpy_data
 from contrastive_jax.data.sources import (DataError, IndexedSplit, decode_image, indexed_split,
                                           parse_source, tfds_builder, tfds_host_split,
                                           tfds_num_examples, tfds_records)
 
 _CROP_CHUNK = 64  # Most training examples cropped by one map call (any number gives the same).
-
-
-def _view_kwargs(data_config) -> dict[str, Any]:
-    area_min = float(data_config.get("crop_area_min", 0.08))
-    return dict(
-        image_size=int(data_config.image_size),
-        color_strength=float(data_config.get("color_strength", 1.0)),
-        blur=bool(data_config.get("blur", True)),
-        crop_area_range=(area_min, 1.0),
-        blur_prob=_prob(data_config.get("blur_prob", 0.5)),
-        solarize_prob=_prob(data_config.get("solarize_prob", 0.0)),
-        grayscale_prob=float(data_config.get("grayscale_prob", 0.2)),
-    )
-
-
-def _prob(value):
-    return tuple(float(v) for v in value) if isinstance(value, (tuple, list)) else float(value)
-
-
-class SmallCrops(NamedTuple):
-    """SwAV's multi-crop: `num` extra low-resolution views of every example, `size` pixels a
-    side, cropped from `area_range` of the image; colour as the two views'."""
-
-    num: int
-    size: int
-    area_range: tuple[float, float]
-
-
-def small_crops(data_config) -> SmallCrops | None:
-    """The small crops `data.small_crops` asks for (only SwAV's configs have the field), or
-    None."""
-    num = int(data_config.get("small_crops", 0))
-    if num <= 0:
-        return None
-    return SmallCrops(num, int(data_config.small_crop_size),
-                      (float(data_config.small_crop_area_min),
-                       float(data_config.small_crop_area_max)))
 
 
 def with_pipeline_options(ds: tf.data.Dataset) -> tf.data.Dataset:
@@ -176,7 +140,7 @@ def train_source(data_config, seed: int, start: int, process_index: int, process
 
 # Traced once per process and image size, then called from every chunk's graph: unrolled per
 # example in the chunk, its ops would make each pipeline slow to build.
-_crop_views = tf.function(augment.crop_views)
+_crop_views = tf.function(tf_batch.crop_views)
 
 
 def crop_stage(data_config, seed: int, source: TrainSource, chunk: int) -> tf.data.Dataset:
@@ -184,36 +148,33 @@ def crop_stage(data_config, seed: int, source: TrainSource, chunk: int) -> tf.da
 
     Yields the stream in chunks of `chunk` examples: {"view1", "view2": float32 [chunk, S, S, 3]
     in [0, 1], "label": int32 [chunk], "epoch", "index": int64 [chunk], "color_draws":
-    augment.ColorDraws [chunk, 2]}, the views of `augment.two_views` before their colour changes
-    and what those changes draw, from the seeds `augment.example_seed(seed, epoch, index)` splits
-    into. With `small_crops`, also "small_views": float32 [chunk, V, s, s, 3] and
-    "small_color_draws" [chunk, V], the `augment.simclr_view`s of `augment.small_crop_seeds`
-    before their colour changes. One map call does a chunk: all its draws at once (the numbers
-    the per-example ops would draw), then each example's image ops, unrolled, since on small
-    images tf.data's cost per map call exceeds that of the crop itself.
+    tf_batch.ColorDraws [chunk, 2]}, the two views before their colour changes and what those
+    changes draw, from the seeds `tf_ops.example_seed(seed, epoch, index)` splits into. With
+    `spec.small_crops`, also "small_views": float32 [chunk, V, s, s, 3] and "small_color_draws"
+    [chunk, V], the views of `tf_ops.small_crop_seeds` before their colour changes. One map call
+    does a chunk: all its draws at once (the numbers the per-example ops would draw), then each
+    example's image ops, unrolled, since on small images tf.data's cost per map call exceeds
+    that of the crop itself.
     """
-    kwargs = _view_kwargs(data_config)
-    size = kwargs.pop("image_size")
-    del kwargs["blur"]
-    small = small_crops(data_config)
+    specs = spec.view_specs(data_config)
+    small = spec.small_crops(data_config)
 
-    def draws_of(draws, k):
-        return tf.nest.map_structure(lambda t: t[k], draws.crop)
+    def crops_of(image, draws, view, k):
+        crop_draws = tf.nest.map_structure(lambda t: t[k], draws.crop)
+        return _crop_views(image, crop_draws, view.image_size, view.aspect_range)
 
     @tf.autograph.experimental.do_not_convert  # Plain Python loops: tracing is faster without.
     def crop_chunk(epoch, index, *records):
-        draws = augment.draw_two_views(augment.batched_view_seeds(seed, epoch, index), **kwargs)
+        draws = tf_batch.draw_views(tf_ops.batched_view_seeds(seed, epoch, index), specs)
         if small:
-            small_draws = augment.draw_views(
-                augment.batched_small_crop_seeds(seed, epoch, index, small.num),
-                **{**kwargs, "crop_area_range": small.area_range})
+            small_draws = tf_batch.draw_views(
+                tf_ops.batched_small_crop_seeds(seed, epoch, index, small.num), small.spec)
         views, small_views, labels = [], [], []
         for k in range(chunk):
             image, label = source.read(index[k], *(record[k] for record in records))
-            views.append(_crop_views(image, draws_of(draws, k), size))
+            views.append(crops_of(image, draws, specs[0], k))
             if small:
-                small_views.append(tf.stack(_crop_views(image, draws_of(small_draws, k),
-                                                        small.size)))
+                small_views.append(tf.stack(crops_of(image, small_draws, small.spec, k)))
             labels.append(label)
         view1, view2 = (tf.stack(v) for v in zip(*views))
         out = {"view1": view1, "view2": view2, "label": tf.stack(labels), "epoch": epoch,
@@ -228,26 +189,23 @@ def crop_stage(data_config, seed: int, source: TrainSource, chunk: int) -> tf.da
 
 def color_stage(data_config) -> Callable[[dict], dict]:
     """Stage 2 of the training views, one map over a batch of `crop_stage` examples: colour
-    jitter, grayscale, blur, solarisation with each example's own draws (`augment.two_views`'
-    colour ops, batched). Returns {"view1", "view2", "label"}, and "small_views" [n, V, s, s, 3]
-    with `small_crops`."""
-    kwargs = _view_kwargs(data_config)
-    small = small_crops(data_config)
+    jitter, grayscale, blur, solarisation with each example's own draws (`tf_batch`). Returns
+    {"view1", "view2", "label"}, and "small_views" [n, V, s, s, 3] with `spec.small_crops`."""
+    specs = spec.view_specs(data_config)
+    small = spec.small_crops(data_config)
 
     @tf.autograph.experimental.do_not_convert  # Plain Python loops: tracing is faster without.
     def fn(batch):
-        view1, view2 = augment.color_two_views(
-            batch["view1"], batch["view2"], batch["color_draws"], image_size=kwargs["image_size"],
-            color_strength=kwargs["color_strength"], blur=kwargs["blur"],
-            solarize_prob=kwargs["solarize_prob"])
+        view1, view2 = tf_batch.color_two_views(batch["view1"], batch["view2"],
+                                                batch["color_draws"], specs)
         out = {"view1": view1, "view2": view2, "label": batch["label"]}
         if small:  # The n x V small views through the colour ops as one batch.
             flat = lambda t: tf.reshape(t, tf.concat([[-1], tf.shape(t)[2:]], 0))  # noqa: E731
-            views = augment.color_batch(
+            views = tf_batch.color_batch(
                 flat(batch["small_views"]), tf.nest.map_structure(flat, batch["small_color_draws"]),
-                image_size=small.size, color_strength=kwargs["color_strength"],
-                blur=kwargs["blur"], solarize_prob=kwargs["solarize_prob"])
-            out["small_views"] = tf.reshape(views, [-1, small.num, small.size, small.size, 3])
+                small.spec)
+            size = small.spec.image_size
+            out["small_views"] = tf.reshape(views, [-1, small.num, size, size, 3])
         return out
 
     return fn
@@ -286,6 +244,20 @@ def train_iterator(data_config, *, global_batch_size: int, seed: int, start_step
     return _train_batches(data_config, color_stage(data_config),
                           global_batch_size=global_batch_size, seed=seed, start_step=start_step,
                           process_index=process_index, process_count=process_count)
+
+
+def example_views(data_config, image: np.ndarray, *, seed: int, epochs: np.ndarray,
+                  indices: np.ndarray) -> dict[str, np.ndarray]:
+    """The training views of `image` as example (epochs[i], indices[i]) of a run with `seed`
+    gets them, for every i: `train_iterator`'s two stages on a stream of that one image.
+    Returns {"view1", "view2": float32 [n, S, S, 3], "label"} (and "small_views")."""
+    stream = tf.data.Dataset.from_tensor_slices((np.asarray(epochs, np.int64),
+                                                 np.asarray(indices, np.int64)))
+    image = tf.constant(image)
+    source = TrainSource(stream, lambda index: (image, tf.constant(0, tf.int32)),
+                         lambda first, count, error: None)
+    ds = crop_stage(data_config, seed, source, len(indices)).map(color_stage(data_config))
+    return next(ds.as_numpy_iterator())
 
 
 def _to_uint8(image: tf.Tensor) -> tf.Tensor:
@@ -367,7 +339,7 @@ def eval_iterator(data_config, split: str, *, global_batch_size: int,
                                                deterministic=True)
 
     def preprocess(image, label, valid):
-        image = augment.center_crop(image, size, crop_fraction)
+        image = tf_ops.center_crop(image, size, crop_fraction)
         image = tf.where(valid, image, tf.zeros_like(image))
         return {"image": image, "label": tf.cast(label, tf.int32), "mask": valid}
 

@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from contrastive_jax.augment import host as augment
+from contrastive_jax.augment import tf_ops
 from contrastive_jax.data import input_pipeline, numpy_data
 
 
@@ -17,9 +17,9 @@ def train_view(image, seed, image_size: int, crop_area_min: float):
     """The linear-evaluation training view: random resized crop (area in [crop_area_min, 1],
     aspect 3/4 to 4/3) and a horizontal flip with p = 0.5, no colour change; float32 in [0, 1]."""
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    image = augment.random_resized_crop(augment.to_float(image), crop_seed, image_size,
-                                        area_range=(crop_area_min, 1.0))
-    image = augment.random_flip(image, flip_seed)
+    image = tf_ops.random_resized_crop(tf_ops.to_float(image), crop_seed, image_size,
+                                      area_range=(crop_area_min, 1.0))
+    image = tf_ops.random_flip(image, flip_seed)
     return tf.ensure_shape(image, [image_size, image_size, 3])
 
 
@@ -29,7 +29,7 @@ def train_batches(data_config: ml_collections.ConfigDict, *, global_batch_size: 
     """This host's slice of every linear-evaluation training batch, forever.
 
     Yields {"image": float32 [n, S, S, 3], "label": int32 [n]}. Example i of epoch e gets the
-    view of seed `augment.example_seed(seed, e, i)`: re-augmented every epoch, the same in
+    view of seed `tf_ops.example_seed(seed, e, i)`: re-augmented every epoch, the same in
     every run.
     """
     process_index, process_count = numpy_data.resolve_process(process_index, process_count)
@@ -39,7 +39,7 @@ def train_batches(data_config: ml_collections.ConfigDict, *, global_batch_size: 
 
     def example(epoch, index, *record):
         image, label = source.read(index, *record)
-        view = train_view(image, augment.example_seed(seed, epoch, index), image_size,
+        view = train_view(image, tf_ops.example_seed(seed, epoch, index), image_size,
                           crop_area_min)
         return {"image": view, "label": tf.cast(label, tf.int32)}
 

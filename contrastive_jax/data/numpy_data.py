@@ -4,7 +4,7 @@ GPU images often lack TensorFlow. There, `data.augment_on = "device"` on a `fold
 `synthetic`) source still trains and evaluates: the training split is decoded once with PIL into
 uint8 arrays and kept on the devices (`device_input`), and the kNN / linear evaluation reads its
 split the same way and takes the evaluation view (centre crop, bicubic resize) with the jnp ops
-that match tf.image's (`device_augment.resized_crop`). The folder layout, the source names and
+that match tf.image's (`jnp_ops.resized_crop`). The folder layout, the source names and
 the hosts' share of a split are defined here, without TensorFlow, for both paths; data_sources
 and host_shards build the tf.data side on them.
 """
@@ -202,7 +202,7 @@ def eval_batches(data_config, split: str, *, global_batch_size: int,
     import jax
     import jax.numpy as jnp
 
-    from contrastive_jax.augment import device as device_augment
+    from contrastive_jax.augment import jnp_ops
 
     process_index, process_count = resolve_process(process_index, process_count)
     n = host_batch_size(global_batch_size, process_count)
@@ -212,8 +212,8 @@ def eval_batches(data_config, split: str, *, global_batch_size: int,
     side = max(int(round(float(data_config.get("eval_crop_fraction", 1.0))
                          * min(height, width))), 1)
     box = jnp.asarray([(height - side) // 2, (width - side) // 2, side, side])
-    view = jax.jit(jax.vmap(lambda image: device_augment.resized_crop(
-        device_augment.to_float(image), box, int(data_config.image_size))))
+    view = jax.jit(jax.vmap(lambda image: jnp_ops.resized_crop(
+        jnp_ops.to_float(image), box, int(data_config.image_size))))
     for start in range(0, padded, n):
         index = np.minimum(first + np.arange(start, start + n), len(labels) - 1)
         valid = np.arange(start, start + n) < count

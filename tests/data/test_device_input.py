@@ -14,7 +14,7 @@ from jax.sharding import PartitionSpec as P
 
 from contrastive_jax import config_checks, parallel, train, train_step
 from contrastive_jax.data import sources as data_sources, device_input, input_pipeline
-from contrastive_jax.augment import device as device_augment
+from contrastive_jax.augment import jnp_ops, spec
 from contrastive_jax.parallel.layout import Layout
 from test_input_pipeline import tfds_dir  # noqa: F401  (a fixture: a tiny prepared TFDS set)
 from support import assert_trees_equal, final_params, tiny_config
@@ -66,11 +66,11 @@ def test_resident_batches_equal_one_device_views_under_both_wrappers():
     by_kind = {kind: _batches(kind, data_config, images, labels, 0, 4)
                for kind in ("pmap", "shard_map")}
     order = device_input.GlobalOrder(100, seed=3)
-    specs = device_augment.view_specs(data_config)
-    views = jax.jit(lambda x, k: device_augment.two_views(x, k, specs))
+    specs = spec.view_specs(data_config)
+    views = jax.jit(lambda x, k: jnp_ops.two_views(x, k, specs))
     for step in range(4):
         epochs, indices = order.batch(step, 32)
-        view1, view2 = views(images[indices], device_augment.example_keys(3, epochs, indices))
+        view1, view2 = views(images[indices], jnp_ops.example_keys(3, epochs, indices))
         for kind, batches in by_kind.items():
             np.testing.assert_array_equal(batches[step]["label"], labels[indices])
             np.testing.assert_allclose(batches[step]["view1"], view1, atol=1e-5, err_msg=kind)

@@ -6,15 +6,19 @@ Every folder example is a solid colour that encodes its label (value 10 * label)
 examples they hold.
 """
 
-import ml_collections
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from contrastive_jax.augment import host as augment
+from contrastive_jax import config_defaults
+from contrastive_jax.augment import spec, tf_ops
 from contrastive_jax.data import sources as data_sources
 from contrastive_jax.data import input_pipeline as ip
+
+from augment import reference_views
 
 SIZE = 16
 
@@ -32,7 +36,8 @@ def _make_tree(root, split, num_classes, per_class=1):
 
 
 def _config(source, **overrides):
-    cfg = ml_collections.ConfigDict(dict(
+    cfg = config_defaults.base().data
+    cfg.update(dict(
         source=source, data_dir="", image_size=SIZE, train_split="train", eval_split="test",
         color_strength=0.5, blur=False, crop_area_min=0.08, solarize_prob=0.0,
         shuffle_files=True))
@@ -121,8 +126,8 @@ def test_train_views_equal_per_example_two_views(tmp_path, monkeypatch):
     split = data_sources.indexed_split(cfg, "train")
     for i, (epoch, index) in enumerate(zip(records["epoch"], records["index"])):
         image, label = split.load(index)
-        views = augment.two_views(image, augment.example_seed(4, epoch, index),
-                                  **ip._view_kwargs(cfg))
+        views = reference_views.two_views(image, tf_ops.example_seed(4, epoch, index),
+                                          spec.view_specs(cfg))
         assert batch["label"][i] == label.numpy() == records["label"][i]
         for key, view in zip(("view1", "view2"), views):
             np.testing.assert_allclose(batch[key][i], view.numpy(), atol=1e-5)
@@ -130,7 +135,7 @@ def test_train_views_equal_per_example_two_views(tmp_path, monkeypatch):
 
 def test_small_crops_equal_per_example_views_and_leave_the_two_views_alone(tmp_path,
                                                                            monkeypatch):
-    """SwAV's multi-crop: each example's V small views are `simclr_view`s of its
+    """SwAV's multi-crop: each example's V small views are the reference's views of its
     `small_crop_seeds` (a function of seed, epoch and index, so resumes are exact), at their own
     size and area; the two views are bit for bit those of a run without small crops."""
     monkeypatch.setattr(ip, "_CROP_CHUNK", 4)
@@ -153,12 +158,13 @@ def test_small_crops_equal_per_example_views_and_leave_the_two_views_alone(tmp_p
     records = next(ip.crop_stage(multi, 4, ip.train_source(multi, 4, 6, 0, 1),
                                  chunk=6).as_numpy_iterator())
     split = data_sources.indexed_split(multi, "train")
-    view_kwargs = {**ip._view_kwargs(multi), "image_size": 8, "crop_area_range": (0.05, 0.3)}
+    small_spec = dataclasses.replace(spec.view_specs(multi)[0], image_size=8,
+                                     crop_area_range=(0.05, 0.3))
     for i, (epoch, index) in enumerate(zip(records["epoch"], records["index"])):
         image, _ = split.load(index)
-        seeds = augment.small_crop_seeds(4, epoch, index, 2)
+        seeds = tf_ops.small_crop_seeds(4, epoch, index, 2)
         for v in range(2):
-            expected = augment.simclr_view(image, seeds[v], **view_kwargs).numpy()
+            expected = reference_views.simclr_view(image, seeds[v], small_spec).numpy()
             np.testing.assert_allclose(batch["small_views"][i, v], expected, atol=1e-5)
 
 

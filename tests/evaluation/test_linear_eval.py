@@ -15,7 +15,7 @@ import tensorflow as tf
 from contrastive_jax import config_defaults, linear_eval, parallel, train
 from contrastive_jax.data import linear_eval_input
 from contrastive_jax.evaluation import linear_protocol
-from contrastive_jax.augment import host as augment
+from contrastive_jax.augment import tf_ops
 from contrastive_jax.data import sources as data_sources, host_shards
 from contrastive_jax.logging import read_metrics
 from contrastive_jax.parallel.layout import Layout
@@ -139,7 +139,7 @@ def test_training_view_is_a_crop_and_flip_without_colour_change():
     expected = image.astype(np.float32) / 255
     flipped = 0
     for index in range(16):
-        view = linear_eval_input.train_view(tf.constant(image), augment.example_seed(0, 0, index),
+        view = linear_eval_input.train_view(tf.constant(image), tf_ops.example_seed(0, 0, index),
                                       image_size=16, crop_area_min=1.0).numpy()
         is_mirror = np.allclose(view, expected[:, ::-1], atol=1e-5)
         assert is_mirror or np.allclose(view, expected, atol=1e-5), index
@@ -168,7 +168,7 @@ def test_training_batches_follow_the_example_seeds_and_are_reaugmented_every_epo
     split = data_sources.indexed_split(data, "train")
     order = host_shards.train_shard(8, 0, 1)[host_shards.epoch_order(8, 3, 0).numpy()]
     first_epoch = np.stack([
-        linear_eval_input.train_view(split.load(i)[0], augment.example_seed(3, 0, i), 16, 0.08).numpy()
+        linear_eval_input.train_view(split.load(i)[0], tf_ops.example_seed(3, 0, i), 16, 0.08).numpy()
         for i in order])
     np.testing.assert_array_equal(epochs[0]["image"], first_epoch)
     np.testing.assert_array_equal(epochs[0]["label"], [int(split.load(i)[1]) for i in order])

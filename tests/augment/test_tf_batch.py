@@ -1,15 +1,19 @@
-"""Tests of augment's batched path against the per-example ops it stands in for.
+"""Tests of the batched tf path (augment.philox, augment.tf_batch) against the per-example ops
+it stands in for.
 
 The batched draws must give bit for bit what tf.random's stateless ops give for each seed; the
-batched views must equal `two_views` of each example to float rounding; each batched colour op
-must equal its tf.image counterpart applied image by image.
+batched views must equal the per-example reference's `two_views` of each example to float
+rounding, with either brightness mode; each batched colour op must equal its tf.image
+counterpart applied image by image.
 """
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from contrastive_jax.augment import host as augment
+from contrastive_jax.augment import philox, tf_batch, tf_ops
+
+from augment import reference_views
 
 ATOL = 1e-5  # Float rounding: the batched ops reorder a few float32 sums and products.
 
@@ -30,14 +34,14 @@ def _per_seed(fn, seeds):
 def test_batched_uniform_equals_stateless_uniform(size):
     seeds = _seeds([3, 4], seed=size)
     expected = _per_seed(lambda s: tf.random.stateless_uniform([size], s), seeds)
-    np.testing.assert_array_equal(augment.batched_uniform(seeds, size).numpy(), expected)
+    np.testing.assert_array_equal(philox.batched_uniform(seeds, size).numpy(), expected)
 
 
 @pytest.mark.parametrize("num", [2, 5, 7])
 def test_batched_split_equals_stateless_split(num):
     seeds = _seeds([2, 5], seed=num)
     expected = _per_seed(lambda s: tf.random.experimental.stateless_split(s, num), seeds)
-    np.testing.assert_array_equal(augment.batched_split(seeds, num).numpy(), expected)
+    np.testing.assert_array_equal(philox.batched_split(seeds, num).numpy(), expected)
 
 
 def test_batched_fold_in_and_example_seed_equal_per_example():
@@ -45,23 +49,24 @@ def test_batched_fold_in_and_example_seed_equal_per_example():
     data = tf.constant(np.arange(12) * 7919 - 30, tf.int64)
     expected = np.stack([tf.random.experimental.stateless_fold_in(seeds[i], data[i]).numpy()
                          for i in range(12)])
-    np.testing.assert_array_equal(augment.batched_fold_in(seeds, data).numpy(), expected)
+    np.testing.assert_array_equal(philox.batched_fold_in(seeds, data).numpy(), expected)
     epoch = tf.constant([0, 0, 1, 5, 2**40], tf.int64)
     index = tf.constant([0, 1, 1, 49_999, 3], tf.int64)
-    expected = np.stack([augment.example_seed(3, epoch[i], index[i]).numpy() for i in range(5)])
-    np.testing.assert_array_equal(augment.batched_example_seed(3, epoch, index).numpy(), expected)
+    expected = np.stack([tf_ops.example_seed(3, epoch[i], index[i]).numpy() for i in range(5)])
+    np.testing.assert_array_equal(tf_ops.batched_example_seed(3, epoch, index).numpy(), expected)
 
 
 @pytest.mark.parametrize("area_range", [(0.08, 1.0), (0.9, 1.0)])
 def test_drawn_crop_boxes_equal_sample_crop_box(area_range):
     # Sizes include thin and tiny images, where no candidate fits and the fallback is used.
     view_seeds = _seeds([30])
-    draws = augment.draw_views(view_seeds, crop_area_range=area_range).crop
-    subseeds = augment.batched_split(view_seeds, 7)
+    draws = tf_batch.draw_views(view_seeds,
+                                reference_views.spec(32, crop_area_range=area_range)).crop
+    subseeds = philox.batched_split(view_seeds, 7)
     for i, (height, width) in enumerate([(32, 32), (40, 7), (3, 90), (1, 1), (57, 33)] * 6):
-        box = augment.crop_box(draws.area_fraction[i], draws.aspect_ratio[i], draws.offset[i],
-                               height, width)
-        expected = augment.sample_crop_box(subseeds[i, 0], height, width, area_range)
+        box = tf_ops.crop_box(draws.area_fraction[i], draws.aspect_ratio[i], draws.offset[i],
+                              height, width)
+        expected = tf_ops.sample_crop_box(subseeds[i, 0], height, width, area_range)
         np.testing.assert_array_equal(box.numpy(), expected.numpy())
 
 
@@ -85,11 +90,11 @@ def _numpy_crop_box(area_fraction, aspect_ratio, offset, height, width, aspect=(
 
 
 def test_crop_box_equals_numpy_window():
-    draws = augment.draw_views(_seeds([40], seed=3)).crop
+    draws = tf_batch.draw_views(_seeds([40], seed=3), reference_views.spec(32)).crop
     for i, (height, width) in enumerate([(32, 32), (40, 7), (3, 90), (1, 1), (57, 33)] * 8):
         args = (draws.area_fraction[i], draws.aspect_ratio[i], draws.offset[i])
         expected = _numpy_crop_box(*(a.numpy() for a in args), height, width)
-        np.testing.assert_array_equal(augment.crop_box(*args, height, width).numpy(), expected)
+        np.testing.assert_array_equal(tf_ops.crop_box(*args, height, width).numpy(), expected)
 
 
 def _images(num, rng):
@@ -103,15 +108,13 @@ def _images(num, rng):
     return [tf.constant(image) for image in images]
 
 
-def _batched_two_views(images, seed, epoch, index, *, image_size, blur, **draw_kwargs):
-    draws = augment.draw_two_views(augment.batched_view_seeds(seed, epoch, index), **draw_kwargs)
-    crops = [augment.crop_views(image, tf.nest.map_structure(lambda t: t[i], draws.crop),  # noqa
-                                image_size) for i, image in enumerate(images)]
+def _batched_two_views(images, seed, epoch, index, specs):
+    draws = tf_batch.draw_views(tf_ops.batched_view_seeds(seed, epoch, index), specs)
+    crops = [tf_batch.crop_views(image, tf.nest.map_structure(lambda t: t[i], draws.crop),  # noqa
+                                 specs[0].image_size, specs[0].aspect_range)
+             for i, image in enumerate(images)]
     view1, view2 = (tf.stack(views) for views in zip(*crops))
-    return augment.color_two_views(
-        view1, view2, draws.color, image_size=image_size, blur=blur,
-        color_strength=draw_kwargs["color_strength"],
-        solarize_prob=draw_kwargs.get("solarize_prob", 0.0))
+    return tf_batch.color_two_views(view1, view2, draws.color, specs)
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -119,16 +122,21 @@ def _batched_two_views(images, seed, epoch, index, *, image_size, blur, **draw_k
     dict(color_strength=1.0, blur=True),
     dict(color_strength=1.0, blur=True, blur_prob=(1.0, 0.1), solarize_prob=(0.0, 0.2)),
     dict(color_strength=0.5, blur=True, solarize_prob=0.5, crop_area_range=(0.3, 1.0)),
-], ids=["s0.5", "s1-blur", "byol-pairs", "s0.5-blur-solarize-area0.3"])
+    dict(color_strength=0.5, blur=True, blur_prob=(1.0, 0.1), solarize_prob=(0.0, 0.2),
+         brightness_mode="add"),
+    dict(color_strength=1.5, blur=False, brightness_mode="add"),
+], ids=["s0.5", "s1-blur", "byol-pairs", "s0.5-blur-solarize-area0.3", "byol-add",
+        "s1.5-add"])
 def test_batched_views_equal_two_views(kwargs):
     rng = np.random.default_rng(len(str(kwargs)))
     images = _images(16, rng)
     epoch = tf.constant(rng.integers(0, 4, size=16), tf.int64)
     index = tf.constant(rng.permutation(1000)[:16], tf.int64)
-    kwargs = dict(kwargs, image_size=24)
-    batched = _batched_two_views(images, 11, epoch, index, **kwargs)
+    specs = reference_views.specs(24, **kwargs)
+    batched = _batched_two_views(images, 11, epoch, index, specs)
     for i, image in enumerate(images):
-        expected = augment.two_views(image, augment.example_seed(11, epoch[i], index[i]), **kwargs)
+        expected = reference_views.two_views(
+            image, tf_ops.example_seed(11, epoch[i], index[i]), specs)
         for v in range(2):
             np.testing.assert_allclose(batched[v][i].numpy(), expected[v].numpy(), atol=ATOL,
                                        err_msg=f"example {i}, view {v + 1}")
@@ -145,9 +153,10 @@ def _float_images():
 
 
 @pytest.mark.parametrize("batched,per_image,values", [
-    (augment.adjust_contrast_batch, tf.image.adjust_contrast, [0.0, 0.2, 1.0, 1.8, 0.6, 1.3]),
-    (augment.adjust_saturation_batch, tf.image.adjust_saturation, [0.0, 0.5, 1.0, 2.0, 1.6, 0.2]),
-    (augment.adjust_hue_batch, tf.image.adjust_hue, [-0.5, -0.2, 0.0, 0.3, 0.5, 0.17]),
+    (tf_batch.adjust_contrast_batch, tf.image.adjust_contrast, [0.0, 0.2, 1.0, 1.8, 0.6, 1.3]),
+    (tf_batch.adjust_saturation_batch, tf.image.adjust_saturation,
+     [0.0, 0.5, 1.0, 2.0, 1.6, 0.2]),
+    (tf_batch.adjust_hue_batch, tf.image.adjust_hue, [-0.5, -0.2, 0.0, 0.3, 0.5, 0.17]),
 ], ids=["contrast", "saturation", "hue"])
 def test_batched_adjustments_equal_tf_image(batched, per_image, values):
     images = _float_images()
@@ -161,27 +170,64 @@ def test_batched_adjustments_equal_tf_image(batched, per_image, values):
 def test_batched_blur_equals_gaussian_blur(kernel_size):
     images = _float_images()
     sigmas = [0.1, 0.5, 1.0, 1.5, 2.0, 0.3]
-    out = augment.gaussian_blur_batch(images, tf.constant(sigmas), kernel_size).numpy()
+    out = tf_batch.gaussian_blur_batch(images, tf.constant(sigmas), kernel_size).numpy()
     for i, sigma in enumerate(sigmas):
-        expected = augment.gaussian_blur(images[i], sigma, kernel_size).numpy()
+        expected = tf_ops.gaussian_blur(images[i], sigma, kernel_size).numpy()
         np.testing.assert_allclose(out[i], expected, atol=ATOL)
 
 
-def test_jitter_keeps_unflagged_images_and_handles_empty_groups():
+@pytest.mark.parametrize("brightness_mode", ["multiply", "add"])
+def test_jitter_keeps_unflagged_images_and_handles_empty_groups(brightness_mode):
     images = _float_images()
     factors = tf.constant([[1.3, 0.7, 1.5, 0.1]] * 6)
     order = tf.constant([[3, 2, 1, 0]] * 6)  # Every image in one group: the others are empty.
     apply = tf.constant([True, False, True, False, False, True])
-    out = augment.color_jitter_batch(images, factors, order, apply).numpy()
+    out = tf_batch.color_jitter_batch(images, factors, order, apply,
+                                      brightness_mode=brightness_mode).numpy()
+    brightness = {"multiply": lambda x, f: x * f,
+                  "add": lambda x, f: tf.image.adjust_brightness(x, f - 1.0)}[brightness_mode]
     for i in range(6):
         expected = images[i]
         if apply[i]:
             expected = tf.image.adjust_hue(expected, 0.1)
             for adjust, factor in [(tf.image.adjust_saturation, 1.5),
                                    (tf.image.adjust_contrast, 0.7),
-                                   (lambda x, f: x * f, 1.3)]:
+                                   (brightness, 1.3)]:
                 expected = adjust(tf.clip_by_value(expected, 0.0, 1.0), factor)
             expected = tf.clip_by_value(expected, 0.0, 1.0)
         np.testing.assert_allclose(out[i], expected.numpy(), atol=ATOL, err_msg=f"image {i}")
-    none = augment.color_jitter_batch(images, factors, order, tf.zeros([6], tf.bool))
+    none = tf_batch.color_jitter_batch(images, factors, order, tf.zeros([6], tf.bool),
+                                       brightness_mode=brightness_mode)
     np.testing.assert_array_equal(none.numpy(), images.numpy())
+
+
+def test_brightness_add_is_x_plus_delta_and_multiply_is_x_times_factor():
+    """On a constant image, "add" gives c + (f - 1) and "multiply" c * f, from the same factor
+    f: in the batched op and in the batched jitter (whose other ops leave a gray image as it
+    is)."""
+    images = tf.fill([3, 5, 5, 3], 0.5)
+    factors = tf.constant([0.6, 1.0, 1.35])
+    c = 0.5
+    np.testing.assert_allclose(
+        tf_batch.adjust_brightness_batch(images, factors, "add").numpy()[:, 0, 0, 0],
+        c + factors.numpy() - 1.0, atol=1e-7)
+    np.testing.assert_allclose(
+        tf_batch.adjust_brightness_batch(images, factors, "multiply").numpy()[:, 0, 0, 0],
+        c * factors.numpy(), atol=1e-7)
+    jitter_factors = tf.stack([factors, tf.ones(3), tf.ones(3), tf.zeros(3)], axis=1)
+    order = tf.constant([[0, 1, 2, 3]] * 3)
+    added = tf_batch.color_jitter_batch(images, jitter_factors, order, tf.ones([3], tf.bool),
+                                        brightness_mode="add").numpy()
+    np.testing.assert_allclose(added, np.broadcast_to(
+        (c + factors.numpy() - 1.0)[:, None, None, None], added.shape), atol=1e-6)
+
+
+def test_views_drawn_together_may_differ_only_in_their_probabilities():
+    seeds = _seeds([4, 2])
+    pair = reference_views.specs(16, blur_prob=(1.0, 0.1), solarize_prob=(0.0, 0.2))
+    draws = tf_batch.draw_views(seeds, pair).color
+    assert draws.blur.numpy()[:, 0].all()  # p = 1 on view 1.
+    assert not draws.solarize.numpy()[:, 0].any()  # p = 0 on view 1.
+    mixed = (pair[0], reference_views.spec(16, color_strength=0.5))
+    with pytest.raises(ValueError, match="may differ only in"):
+        tf_batch.draw_views(seeds, mixed)

@@ -1,13 +1,13 @@
 """SimCLR / BYOL augmentations in jax.numpy, drawn on the accelerator under jit.
 
-The same views as `augment` (the tf.data path) computes on the host, for `data.augment_on =
-"device"`: random resized crop (bicubic), horizontal flip, colour jitter (brightness, contrast,
-saturation, hue in a random order) with probability p, grayscale, Gaussian blur, solarisation.
-Each function takes one image and one key and is `vmap`-ped over the batch, so every example has
-its own crop, its own jitter factors and its own order of the jitter ops. Keys come from
-(seed, epoch, example index) with `example_keys`, so a resumed run draws the views an
-uninterrupted run would have drawn. No TensorFlow here: this module runs where only jax is
-installed.
+The views the tf side (`tf_ops`, `tf_batch`) draws on the host, from the same `spec.ViewSpec`,
+for `data.augment_on = "device"`: random resized crop (bicubic), horizontal flip, colour jitter
+(brightness, contrast, saturation, hue in a random order) with probability p, grayscale,
+Gaussian blur, solarisation. Each function takes one image and one key and is `vmap`-ped over
+the batch, so every example has its own crop, its own jitter factors and its own order of the
+jitter ops. Keys come from (seed, epoch, example index) with `example_keys`, so a resumed run
+draws the views an uninterrupted run would have drawn. No TensorFlow here: this module runs where
+only jax is installed.
 
 The random streams differ from tf.data's (JAX's threefry, not TF's Philox), so the two paths give
 views with the same distribution, not the same pixels; for given parameters each op computes
@@ -16,48 +16,17 @@ what its tf.image counterpart computes (tests hold them equal).
 
 from __future__ import annotations
 
-import dataclasses
 import math
+
 import jax
 import jax.numpy as jnp
+
+from contrastive_jax.augment.spec import ViewSpec, jitter_ranges
 
 Array = jax.Array
 
 _KEY_SALT = 0x5EED  # Keeps device augmentation keys apart from other uses of the run seed.
 _GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)  # tf.image.rgb_to_grayscale's luma weights.
-
-
-@dataclasses.dataclass(frozen=True)
-class ViewSpec:
-    """How one view is drawn; the fields mirror `config.data` (see `from_data_config`)."""
-
-    image_size: int
-    color_strength: float = 1.0
-    blur: bool = False
-    crop_area_range: tuple[float, float] = (0.08, 1.0)
-    aspect_range: tuple[float, float] = (3 / 4, 4 / 3)
-    jitter_prob: float = 0.8
-    grayscale_prob: float = 0.2
-    blur_prob: float = 0.5
-    solarize_prob: float = 0.0
-
-
-def view_specs(data_config) -> tuple[ViewSpec, ViewSpec]:
-    """The two views' specs from `config.data`; `blur_prob` / `solarize_prob` may be pairs (one
-    per view, BYOL's asymmetric views)."""
-
-    def per_view(value, view):
-        return float(value[view]) if isinstance(value, (tuple, list)) else float(value)
-
-    return tuple(ViewSpec(
-        image_size=int(data_config.image_size),
-        color_strength=float(data_config.get("color_strength", 1.0)),
-        blur=bool(data_config.get("blur", False)),
-        crop_area_range=(float(data_config.get("crop_area_min", 0.08)), 1.0),
-        grayscale_prob=float(data_config.get("grayscale_prob", 0.2)),
-        blur_prob=per_view(data_config.get("blur_prob", 0.5), view),
-        solarize_prob=per_view(data_config.get("solarize_prob", 0.0), view),
-    ) for view in range(2))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -187,8 +156,11 @@ def hsv_to_rgb(hsv: Array) -> Array:
         jnp.minimum(k, 4.0 - k), 0.0, 1.0)
 
 
-def adjust_brightness(image: Array, factor: Array) -> Array:
-    """Multiplies by `factor` (SimCLR v2's / torchvision's brightness)."""
+def adjust_brightness(image: Array, factor: Array, mode: str) -> Array:
+    """`image` times `factor` (mode "multiply"), or plus the delta factor - 1 (mode "add",
+    tf.image.adjust_brightness's); see `spec.BRIGHTNESS_MODES`."""
+    if mode == "add":
+        return image + (factor - 1.0)
     return image * factor
 
 
@@ -215,28 +187,24 @@ def adjust_hue(image: Array, delta: Array) -> Array:
     return hsv_to_rgb(hsv.at[..., 0].set((hsv[..., 0] + delta) % 1.0))
 
 
-def draw_jitter(key: Array, strength: float = 1.0, *, brightness: float = 0.8,
-                contrast: float = 0.8, saturation: float = 0.8, hue: float = 0.2
-                ) -> tuple[Array, Array]:
-    """SimCLR's jitter parameters, each scaled by `strength`: ([brightness, contrast,
-    saturation] factors uniform in [max(0, 1 - a), 1 + a] and a hue delta uniform in [-h, h]),
-    and the order [4] in which the four ops run."""
-    b, c, s, h = (strength * v for v in (brightness, contrast, saturation, hue))
+def draw_jitter(key: Array, strength: float) -> tuple[Array, Array]:
+    """SimCLR's jitter parameters at colour strength `strength` (`spec.jitter_ranges`): the
+    brightness, contrast and saturation factors and the hue delta [4], and the order [4] in
+    which the four ops run."""
     keys = jax.random.split(key, 5)
-    params = jnp.stack([_uniform(keys[0], max(0.0, 1 - b), 1 + b),
-                        _uniform(keys[1], max(0.0, 1 - c), 1 + c),
-                        _uniform(keys[2], max(0.0, 1 - s), 1 + s),
-                        _uniform(keys[3], -h, h)])
+    params = jnp.stack([_uniform(keys[k], *bounds)
+                        for k, bounds in enumerate(jitter_ranges(strength))])
     return params, jax.random.permutation(keys[4], 4)
 
 
 HUE = 3  # Position of the hue op in `draw_jitter`'s parameters and order.
 
 
-def apply_jitter(image: Array, params: Array, order: Array) -> Array:
-    """Brightness, contrast, saturation and hue (params [4]) in `order`, each clipped to [0, 1]."""
+def apply_jitter(image: Array, params: Array, order: Array, *, brightness_mode: str) -> Array:
+    """Brightness (in `brightness_mode`), contrast, saturation and hue (params [4]) in `order`,
+    each clipped to [0, 1]."""
     cheap_ops = (
-        lambda x: adjust_brightness(x, params[0]),
+        lambda x: adjust_brightness(x, params[0], brightness_mode),
         lambda x: adjust_contrast(x, params[1]),
         lambda x: adjust_saturation(x, params[2]),
         lambda x: x,  # The hue slot: applied once, below.
@@ -256,9 +224,9 @@ def apply_jitter(image: Array, params: Array, order: Array) -> Array:
     return apply_slots(image, lambda slot: slot > hue_slot)
 
 
-def color_jitter(image: Array, key: Array, strength: float = 1.0) -> Array:
+def color_jitter(image: Array, key: Array, strength: float, *, brightness_mode: str) -> Array:
     """SimCLR colour jitter of one image: the four adjustments in a random order."""
-    return apply_jitter(image, *draw_jitter(key, strength))
+    return apply_jitter(image, *draw_jitter(key, strength), brightness_mode=brightness_mode)
 
 
 def to_grayscale(image: Array) -> Array:
@@ -268,7 +236,7 @@ def to_grayscale(image: Array) -> Array:
 
 
 def gaussian_blur(image: Array, sigma: Array, kernel_size: int) -> Array:
-    """Separable Gaussian blur with reflect padding (as `augment.gaussian_blur`)."""
+    """Separable Gaussian blur with reflect padding (as `tf_ops.gaussian_blur`)."""
     radius = max(1, kernel_size // 2)
     taps = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
     kernel = jnp.exp(-taps ** 2 / (2.0 * sigma ** 2))
@@ -309,12 +277,13 @@ def colour_ops(image: Array, key: Array, spec: ViewSpec) -> Array:
     keys = jax.random.split(key, 7)
     image = to_float(image)
     if spec.color_strength > 0:
-        image = random_apply(lambda x: color_jitter(x, keys[0], spec.color_strength),
-                             spec.jitter_prob, keys[1], image)
+        jitter = lambda x: color_jitter(  # noqa: E731
+            x, keys[0], spec.color_strength, brightness_mode=spec.brightness_mode)
+        image = random_apply(jitter, spec.jitter_prob, keys[1], image)
     image = random_apply(to_grayscale, spec.grayscale_prob, keys[2], image)
     if spec.blur:
-        kernel_size = max(3, spec.image_size // 10)
-        blur = lambda x: gaussian_blur(x, _uniform(keys[3], 0.1, 2.0), kernel_size)  # noqa: E731
+        sigma = _uniform(keys[3], *spec.blur_sigma_range)
+        blur = lambda x: gaussian_blur(x, sigma, spec.blur_kernel_size)  # noqa: E731
         image = random_apply(blur, spec.blur_prob, keys[4], image)
     image = random_apply(solarize, spec.solarize_prob, keys[5], image)
     return jnp.clip(image, 0.0, 1.0)
