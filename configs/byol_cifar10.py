@@ -18,7 +18,7 @@ solo-learn's LARS (lr 1.0 x B / 256 with eta 0.02 and the LARC clipping of the a
 a different optimizer from optim.py's; its learning rate is not carried over.
 """
 
-from contrastive_jax import config_defaults
+from contrastive_jax import config_defaults, config_presets
 
 
 def get_config(arg=None):
@@ -26,7 +26,7 @@ def get_config(arg=None):
     config = config_defaults.base("byol")
     config.batch_size = 512
     config.num_epochs = 1000.0
-    config_defaults.cifar10_run(config)
+    config_presets.cifar10_run(config)
 
     config.data.crop_area_min = 0.08
     del config.data["solarize_prob"]  # A float by default; here a pair, one per view.

@@ -15,7 +15,7 @@ brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1 with p = 0.8; colour stren
 saturation 0.4. Written for a TPU pod slice (launch/tpu_pod.sh) reading tfds:imagenet2012.
 """
 
-from contrastive_jax import config_defaults
+from contrastive_jax import config_defaults, config_presets
 
 
 def get_config(arg=None):
@@ -23,8 +23,8 @@ def get_config(arg=None):
     config = config_defaults.base("byol")
     config.batch_size = 4096
     config.num_epochs = 1000.0
-    config_defaults.imagenet_run(config)
-    config_defaults.byol_views(config)
+    config_presets.imagenet_run(config)
+    config_presets.byol_views(config)
     config.data.brightness_mode = "add"  # The reference's x + delta, not SimCLR v2's x * factor.
     config.model.zero_init_residual = True  # The reference's blocks end in a BN scaled by 0.
 

@@ -13,8 +13,8 @@ training caption. ARG picks the tower sizes for the same recipe: "mu" (the defau
 "ti" (a GPU: ViT-Ti/4 of 12 blocks, a 6-layer 256-wide text transformer, 30 epochs).
 """
 
-from contrastive_jax import config_defaults
+from contrastive_jax import config_presets
 
 
 def get_config(arg=None):
-    return config_defaults.image_text_cifar10("clip", arg)
+    return config_presets.image_text_cifar10("clip", arg)

@@ -15,12 +15,12 @@ image-caption set works with data.source / data.caption_key. Zero-shot top-1 is 
 eval.zeroshot_source (ImageNet by default).
 """
 
-from contrastive_jax import config_defaults
+from contrastive_jax import config_presets
 
 
 def get_config(arg=None):
     del arg
-    config = config_defaults.image_text_b16("clip")
+    config = config_presets.image_text_b16("clip")
     config.data.max_text_len = 77
 
     config.model.pool = "cls"

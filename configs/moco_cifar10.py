@@ -9,7 +9,7 @@ temperature 0.1, K = 4,096, m = 0.99, shuffling BN in groups of 64 (bn_splits = 
 on 8 devices set --config.model.bn_splits=1 for the same groups), no blur at 32x32.
 """
 
-from contrastive_jax import config_defaults
+from contrastive_jax import config_defaults, config_presets
 
 
 def get_config(arg=None):
@@ -17,7 +17,7 @@ def get_config(arg=None):
     config = config_defaults.base("moco")
     config.batch_size = 512
     config.num_epochs = 200.0
-    config_defaults.cifar10_run(config)
+    config_presets.cifar10_run(config)
 
     config.data.crop_area_min = 0.2
     config.model.head_hidden_dim = 512

@@ -11,7 +11,7 @@ colour jitter (0.4, 0.4, 0.4, 0.1) with p 0.8, grayscale 0.2, blur p 0.5. Shuffl
 the devices (MoCo ran 8 GPUs of 32 examples; on one device set model.bn_splits = 8).
 """
 
-from contrastive_jax import config_defaults
+from contrastive_jax import config_defaults, config_presets
 
 
 def get_config(arg=None):
@@ -19,7 +19,7 @@ def get_config(arg=None):
     config = config_defaults.base("moco")
     config.batch_size = 256
     config.num_epochs = 200.0
-    config_defaults.imagenet_run(config)
+    config_presets.imagenet_run(config)
     config.checkpoint_every = 5000
 
     config.data.crop_area_min = 0.2

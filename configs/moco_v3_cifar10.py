@@ -16,7 +16,7 @@ batch 512; crops of 20-100% of the area (MoCo's CIFAR-10 demo), colour strength 
   epochs, the ViT-S recipe's schedule.
 """
 
-from contrastive_jax import config_defaults
+from contrastive_jax import config_defaults, config_presets
 
 # size: (ViT variant, depth (None: the variant's), head hidden width, epochs, warmup epochs)
 SIZES = {"mu": ("mu/4", 4, 1024, 10.0, 1.0), "ti": ("Ti/4", None, 4096, 300.0, 40.0)}
@@ -30,7 +30,7 @@ def get_config(arg=None):
     config = config_defaults.base("moco_v3")
     config.batch_size = 512
     config.num_epochs = epochs
-    config_defaults.cifar10_run(config, model=None)
+    config_presets.cifar10_run(config, model=None)
     config.eval_every = 0
 
     config.data.crop_area_min = 0.2

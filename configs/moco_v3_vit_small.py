@@ -20,7 +20,7 @@ saturation is 0.2; the ViT's position embeddings are learned, the reference's fi
 sin-cos (see contrastive_jax/methods/moco_v3.py).
 """
 
-from contrastive_jax import config_defaults
+from contrastive_jax import config_defaults, config_presets
 
 
 def get_config(arg=None):
@@ -28,8 +28,8 @@ def get_config(arg=None):
     config = config_defaults.base("moco_v3")
     config.batch_size = 4096
     config.num_epochs = 300.0
-    config_defaults.imagenet_run(config, model=None)
-    config_defaults.byol_views(config)
+    config_presets.imagenet_run(config, model=None)
+    config_presets.byol_views(config)
 
     config.model.variant = "S/16"
 

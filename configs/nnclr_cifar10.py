@@ -12,7 +12,7 @@ which at CIFAR-10's 50,000 images would hold two epochs of stale projections; 16
 third of an epoch (solo-learn's CIFAR recipe uses 65,536 at batch 256).
 """
 
-from contrastive_jax import config_defaults
+from contrastive_jax import config_defaults, config_presets
 
 
 def get_config(arg=None):
@@ -20,7 +20,7 @@ def get_config(arg=None):
     config = config_defaults.base("nnclr")
     config.batch_size = 512
     config.num_epochs = 1000.0
-    config_defaults.cifar10_run(config)
+    config_presets.cifar10_run(config)
 
     config.optimizer.name = "lars"
     config.optimizer.learning_rate = 0.3

@@ -12,7 +12,7 @@ with p 0.5 on both views). Written for a TPU pod slice (launch/tpu_pod.sh) readi
 tfds:imagenet2012 prepared in data_dir.
 """
 
-from contrastive_jax import config_defaults
+from contrastive_jax import config_defaults, config_presets
 
 
 def get_config(arg=None):
@@ -20,7 +20,7 @@ def get_config(arg=None):
     config = config_defaults.base("nnclr")
     config.batch_size = 4096
     config.num_epochs = 1000.0
-    config_defaults.imagenet_run(config)
+    config_presets.imagenet_run(config)
     config.data.color_strength = 1.0
 
     config.optimizer.name = "lars"

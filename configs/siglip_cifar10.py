@@ -6,8 +6,8 @@ small ViT and text towers, zero-shot evaluation) with the sigmoid loss, a learna
         --config.data.source=folder:/path/to/cifar10 [--config.loss.siglip_impl=ring]
 """
 
-from contrastive_jax import config_defaults
+from contrastive_jax import config_presets
 
 
 def get_config(arg=None):
-    return config_defaults.image_text_cifar10("siglip", arg)
+    return config_presets.image_text_cifar10("siglip", arg)

@@ -18,12 +18,12 @@ public: the default source is TFDS coco_captions; zero-shot top-1 is measured on
 eval.zeroshot_source (ImageNet's validation split by default).
 """
 
-from contrastive_jax import config_defaults
+from contrastive_jax import config_presets
 
 
 def get_config(arg=None):
     del arg
-    config = config_defaults.image_text_b16("siglip")
+    config = config_presets.image_text_b16("siglip")
     # The public SigLIP B/16 models read 64 tokens. With the default byte tokenizer (BOS and EOS
     # take 2) that keeps 62 bytes: most COCO captions whole (16 would keep 14 bytes).
     config.data.max_text_len = 64

@@ -18,7 +18,7 @@ instead: batch 512 and weight decay 1e-4. The data come from TFDS (`tfds:cifar10
 folder with train/ and test/ splits, such as the JPEG copy in ../shared/data/cifar10 unpacked.
 """
 
-from contrastive_jax import config_defaults
+from contrastive_jax import config_defaults, config_presets
 
 
 def get_config(arg=None):
@@ -30,7 +30,7 @@ def get_config(arg=None):
     config.method = "simclr"
     config.batch_size = 512 if readme else 1024
     config.num_epochs = 1000.0
-    config_defaults.cifar10_run(config, encoder)
+    config_presets.cifar10_run(config, encoder)
 
     config.model.head_layers = 2
     config.model.zero_init_residual = True

@@ -13,7 +13,7 @@ share of the update notices). Written for a TPU pod slice (launch/tpu_pod.sh) re
 tfds:imagenet2012 prepared in data_dir.
 """
 
-from contrastive_jax import config_defaults
+from contrastive_jax import config_defaults, config_presets
 
 
 def get_config(arg=None):
@@ -22,7 +22,7 @@ def get_config(arg=None):
     config.method = "simclr"
     config.batch_size = 4096
     config.num_epochs = float(epochs)
-    config_defaults.imagenet_run(config)
+    config_presets.imagenet_run(config)
 
     config.data.color_strength = 1.0
     config.model.width = 1

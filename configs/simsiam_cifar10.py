@@ -15,7 +15,7 @@ the reference's SGD (`optimizer.exclude_bias_and_norm = False`). Linear evaluati
 reference's LARS protocol (`eval.linear_eval_protocol = "lars"`).
 """
 
-from contrastive_jax import config_defaults
+from contrastive_jax import config_defaults, config_presets
 
 
 def get_config(arg=None):
@@ -23,7 +23,7 @@ def get_config(arg=None):
     config = config_defaults.base("simsiam")
     config.batch_size = 512
     config.num_epochs = 800.0
-    config_defaults.cifar10_run(config)
+    config_presets.cifar10_run(config)
 
     config.data.crop_area_min = 0.2
     config.model.head_layers = 2

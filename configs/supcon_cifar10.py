@@ -11,7 +11,7 @@ colour jitter 0.4/0.4/0.4/0.1 (SimCLR strength 0.5), no blur, global BN in the e
 other view of the same class is a positive.
 """
 
-from contrastive_jax import config_defaults
+from contrastive_jax import config_defaults, config_presets
 
 
 def get_config(arg=None):
@@ -21,7 +21,7 @@ def get_config(arg=None):
     config = config_defaults.base("supcon")
     config.batch_size = 1024
     config.num_epochs = 1000.0
-    config_defaults.cifar10_run(config, encoder)
+    config_presets.cifar10_run(config, encoder)
 
     config.data.crop_area_min = 0.2
     config.model.head_layers = 2

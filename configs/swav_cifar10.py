@@ -13,7 +13,7 @@ on. Two 32x32 views, as the libraries' CIFAR runs take; multi-crop is there for
 other settings (`--config.data.small_crops=V`, see configs/swav_imagenet.py).
 """
 
-from contrastive_jax import config_defaults
+from contrastive_jax import config_defaults, config_presets
 
 CIFAR10_TRAIN_EXAMPLES = 50_000
 
@@ -23,7 +23,7 @@ def get_config(arg=None):
     config = config_defaults.base("swav")
     config.batch_size = 256
     config.num_epochs = 1000.0
-    config_defaults.cifar10_run(config)
+    config_presets.cifar10_run(config)
     config.data.color_strength = 1.0
     config.data.blur = True  # p = 0.5 (solo-learn's symmetric.yaml gaussian_prob)
 

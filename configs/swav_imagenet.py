@@ -15,7 +15,7 @@ batch the reference uses no queue. Approximated: its warmup starts at 0.3 (here 
 cosine ends at 0.0048 (here at 0).
 """
 
-from contrastive_jax import config_defaults
+from contrastive_jax import config_defaults, config_presets
 
 IMAGENET_TRAIN_EXAMPLES = 1_281_167
 
@@ -25,7 +25,7 @@ def get_config(arg=None):
     config = config_defaults.base("swav")
     config.batch_size = 4096
     config.num_epochs = 800.0
-    config_defaults.imagenet_run(config)
+    config_presets.imagenet_run(config)
     config.data.color_strength = 1.0
     config.data.crop_area_min = 0.14
     config.data.small_crops = 6

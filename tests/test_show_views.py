@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from contrastive_jax import config_defaults, show_views
+from contrastive_jax import config_defaults, config_presets, show_views
 from contrastive_jax.augment import spec, tf_ops
 
 from augment import reference_views
@@ -29,7 +29,7 @@ def test_show_writes_png_grid(tmp_path, flags):
 def test_host_views_are_the_training_views_of_examples_0_1_and_so_on():
     """Row `epoch` holds view 1 and view 2 of example 0, then of example 1, ...: the per-example
     reference's views of those examples' seeds (BYOL's asymmetric views, brightness added)."""
-    data = config_defaults.byol_views(config_defaults.base("byol")).data
+    data = config_presets.byol_views(config_defaults.base("byol")).data
     data.image_size = 16
     data.brightness_mode = "add"
     image = _random_image(24, 20).numpy()

@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from contrastive_jax import config_checks, config_defaults, methods
+from contrastive_jax import config_checks, config_defaults, config_presets, methods
 from contrastive_jax.augment import spec
 
 from support import REPO, load_config
@@ -30,7 +30,7 @@ def test_every_method_s_defaults_give_view_specs(method):
 
 
 def test_byol_views_give_each_view_its_probabilities_also_from_a_saved_config():
-    data = config_defaults.byol_views(config_defaults.base("byol")).data
+    data = config_presets.byol_views(config_defaults.base("byol")).data
     first, second = spec.view_specs(data)
     assert (first.blur_prob, second.blur_prob) == (1.0, 0.1)
     assert (first.solarize_prob, second.solarize_prob) == (0.0, 0.2)
