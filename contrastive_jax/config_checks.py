@@ -119,14 +119,14 @@ def resolve_steps(config: ml_collections.ConfigDict, num_train_examples: int
     `num_epochs` / `optimizer.warmup_epochs` where those are given instead."""
     config = ml_collections.ConfigDict(config.to_dict())
     steps_per_epoch = max(num_train_examples // config.batch_size, 1)
-    if config.get("total_steps", -1) <= 0:
+    if config.total_steps <= 0:
         config.total_steps = int(round(config.num_epochs * steps_per_epoch))
         if config.total_steps <= 0:
             raise ValueError(
                 f"config.num_epochs={config.num_epochs} gives no training step: an epoch of "
                 f"{num_train_examples} examples is {steps_per_epoch} steps of batch "
                 f"{config.batch_size}; raise num_epochs or set total_steps")
-    if config.optimizer.get("warmup_steps", -1) < 0:
+    if config.optimizer.warmup_steps < 0:
         config.optimizer.warmup_steps = int(round(
-            config.optimizer.get("warmup_epochs", 0.0) * steps_per_epoch))
+            config.optimizer.warmup_epochs * steps_per_epoch))
     return config

@@ -132,7 +132,7 @@ def save_torchvision(path: str, restored: checkpoints.Restored) -> dict[str, np.
         resnet.STAGE_SIZES[config.model.name], num_batches=restored.step)
     metadata = {"format": "pt", "arch": config.model.name, "stem": config.model.stem,
                 "width": str(config.model.width),
-                "base_width": str(config.model.get("base_width", 64)),
+                "base_width": str(config.model.base_width),
                 "step": str(restored.step)}
     with files.atomic_write(path, "wb") as f:
         f.write(save(tensors, metadata=metadata))

@@ -66,7 +66,7 @@ def weight_decay_mask(params) -> object:
 
 def decay_mask(opt_config: ml_collections.ConfigDict) -> Callable[[object], object]:
     """`weight_decay_mask`, or where `exclude_bias_and_norm` is False every parameter."""
-    if opt_config.get("exclude_bias_and_norm", True):
+    if opt_config.exclude_bias_and_norm:
         return weight_decay_mask
     return lambda params: jax.tree.map(lambda _: True, params)
 
@@ -99,8 +99,8 @@ def clip_trust_ratio_by_lr(learning_rate: optax.Schedule,
 def _lars(opt_config: ml_collections.ConfigDict,
           schedule: optax.Schedule) -> optax.GradientTransformation:
     """optax.lars at `lars_trust_coefficient`, or with `lars_clip` LARC's clipped ratio."""
-    mask, eta = decay_mask(opt_config), opt_config.get("lars_trust_coefficient", 1e-3)
-    if not opt_config.get("lars_clip", False):
+    mask, eta = decay_mask(opt_config), opt_config.lars_trust_coefficient
+    if not opt_config.lars_clip:
         return optax.lars(schedule, weight_decay=opt_config.weight_decay,
                           weight_decay_mask=mask, trust_coefficient=eta, trust_ratio_mask=mask,
                           momentum=opt_config.momentum)
@@ -120,7 +120,7 @@ def make_optimizer(opt_config: ml_collections.ConfigDict, *, total_steps: int,
     peak = scale_learning_rate(opt_config.learning_rate, batch_size, opt_config.lr_scaling)
     multiplier = learning_rate_schedule(1.0, total_steps=total_steps,
                                         warmup_steps=opt_config.warmup_steps,
-                                        schedule=opt_config.get("schedule", "cosine"))
+                                        schedule=opt_config.schedule)
     schedule = lambda step: peak * multiplier(step)  # noqa: E731
     tx = _scheduled_optimizer(opt_config, peak, multiplier)
     fixed = tuple(opt_config.get("fixed_lr_params", ()))
@@ -129,7 +129,7 @@ def make_optimizer(opt_config: ml_collections.ConfigDict, *, total_steps: int,
             {"scheduled": tx,
              "fixed": _scheduled_optimizer(opt_config, peak, optax.constant_schedule(1.0))},
             functools.partial(_fixed_lr_labels, fixed))
-    if opt_config.get("grad_clip_norm"):
+    if opt_config.grad_clip_norm:
         tx = optax.chain(optax.clip_by_global_norm(opt_config.grad_clip_norm), tx)
     return tx, schedule
 
@@ -149,7 +149,7 @@ def _scheduled_optimizer(opt_config: ml_collections.ConfigDict, peak: float,
     """The optimizer `opt_config` names at learning rate peak * multiplier(step)."""
     schedule = lambda step: peak * multiplier(step)  # noqa: E731
     name = opt_config.name
-    mode = opt_config.get("weight_decay_mode", "lr_scaled")
+    mode = opt_config.weight_decay_mode
     if mode not in WEIGHT_DECAY_MODES:
         raise ValueError(f"unknown weight_decay_mode {mode!r}; choose one of "
                          f"{WEIGHT_DECAY_MODES}")

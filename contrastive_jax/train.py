@@ -103,7 +103,7 @@ class Trainer:
         try:
             self.saved_config = checkpoints.check_config(workdir, config, write=True)
             self.checkpoints = checkpoints.make_manager(workdir,
-                                                        config.get("keep_checkpoints", 3))
+                                                        config.keep_checkpoints)
         except BaseException:
             self.release_workdir()
             raise
@@ -222,7 +222,7 @@ class Trainer:
         `profile_steps` > 0 its profiler for that many steps after this run's first (compiling)
         step, into the workdir (else None). Neither where clu's periodic actions cannot be
         imported (without TensorFlow): `profile_steps` is then refused."""
-        steps = self.config.get("profile_steps", 0)
+        steps = self.config.profile_steps
         try:
             from contrastive_jax import hooks
         except ImportError as error:

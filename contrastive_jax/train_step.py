@@ -46,7 +46,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         raise ValueError(f"config.parallel must be one of {PARALLEL}, got {config.parallel!r}")
     if config.total_steps <= 0:
         raise ValueError(f"config.total_steps must be > 0, got {config.total_steps}")
-    if config.get("profile_steps", 0) < 0:
+    if config.profile_steps < 0:
         raise ValueError(f"config.profile_steps must be >= 0, got {config.profile_steps}")
     parallel.per_device_batch_size(config.batch_size, num_devices)
     method = methods.get(config.method)
@@ -97,7 +97,7 @@ def make_train_step(method, model, config, tx, schedule) -> Callable:
     method's `loss_parts`, chunk by chunk.
     """
     axis = parallel.AXIS
-    num_chunks = config.get("grad_cache_chunks", 1)
+    num_chunks = config.grad_cache_chunks
 
     def step(state: TrainState, batch, rng):
         rng = jax.random.fold_in(rng, state.step)

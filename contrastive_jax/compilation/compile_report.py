@@ -53,7 +53,7 @@ def num_classes_without_data(data_config: ml_collections.ConfigDict) -> int:
         if name in KNOWN_NUM_CLASSES:
             return KNOWN_NUM_CLASSES[name]
     elif kind == "folder":
-        split_dir = os.path.join(rest, data_config.get("train_split", "train"))
+        split_dir = os.path.join(rest, data_config.train_split)
         if os.path.isdir(split_dir):
             return sum(os.path.isdir(os.path.join(split_dir, d)) for d in os.listdir(split_dir))
     elif source in ("demo", "synthetic"):
@@ -70,7 +70,7 @@ def slice_config(config: ml_collections.ConfigDict, num_chips: int
     config = ml_collections.ConfigDict(config.to_dict())
     if config.parallel == "pmap":
         config.parallel = "shard_map"
-    epochs = config.get("num_epochs", 1.0) or 1.0
+    epochs = config.num_epochs or 1.0
     nominal_examples = config.batch_size * math.ceil(NOMINAL_STEPS / epochs)
     config = config_checks.resolve_steps(config, nominal_examples)
     config_checks.check_ranges(config)
@@ -222,8 +222,8 @@ def compile_step(config: ml_collections.ConfigDict, tpu_slice: Slice, devices: l
         "topology": tpu_slice.name, "chips": tpu_slice.num_chips, "method": config.method,
         "parallel": config.parallel, "batch_size": config.batch_size,
         "examples_per_chip": config.batch_size // tpu_slice.num_chips,
-        "dtype": config.model.get("dtype", "float32"),
-        "grad_cache_chunks": config.get("grad_cache_chunks", 1),
+        "dtype": config.model.dtype,
+        "grad_cache_chunks": config.grad_cache_chunks,
         "remat_policy": config.model.get("remat_policy", "none"),
         "flops_per_step": flops.jaxpr_flops(traced.jaxpr), "hbm_bytes": hbm_bytes}
     argument_bytes = per_chip_bytes((state, batch, rng))
@@ -276,7 +276,7 @@ def alternatives(config: ml_collections.ConfigDict, tpu_slice: Slice
         options.append(("--config.model.remat_policy=nothing_saveable",
                         {"model.remat_policy": "nothing_saveable"}, tpu_slice))
     per_chip = config.batch_size // tpu_slice.num_chips
-    chunks = config.get("grad_cache_chunks", 1)
+    chunks = config.grad_cache_chunks
     if splits_at_embeddings and config.model.get("text_dropout", 0.0) == 0.0:
         for more in (2 * chunks, 4 * chunks):
             if per_chip % more == 0:

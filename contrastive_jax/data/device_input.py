@@ -103,8 +103,8 @@ def split_nbytes(data_config: ml_collections.ConfigDict, split: str) -> int | No
 
 def fits_on_devices(data_config: ml_collections.ConfigDict) -> bool:
     """Whether the training split is kept on the devices (`data.device_resident_max_mb`)."""
-    limit = float(data_config.get("device_resident_max_mb", 4096)) * 2**20
-    nbytes = split_nbytes(data_config, data_config.get("train_split", "train"))
+    limit = float(data_config.device_resident_max_mb) * 2**20
+    nbytes = split_nbytes(data_config, data_config.train_split)
     return nbytes is not None and nbytes <= limit
 
 
@@ -248,7 +248,7 @@ def train_batches(data_config: ml_collections.ConfigDict, *, global_batch_size: 
                           "crop, the devices apply the colour changes")
         return host_crop_batches(data_config, global_batch_size=global_batch_size, seed=seed,
                                  start_step=start_step, layout=layout)
-    images, labels = load_split(data_config, data_config.get("train_split", "train"))
+    images, labels = load_split(data_config, data_config.train_split)
     absl_logging.info("Keeping %d training images (%.0f MB) on the devices", len(labels),
                       images.nbytes / 2**20)
     split = ResidentSplit(images, labels, layout)

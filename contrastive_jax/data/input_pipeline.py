@@ -78,7 +78,7 @@ def numpy_batches(ds: tf.data.Dataset, describe_error: Callable[[int, Exception]
 
 def _tfds_train_stream(builder, data_config, seed, start, process_index, process_count, fields):
     """(epoch, global index, encoded image, *fields) from absolute host position `start` on."""
-    host_split, offset, num = tfds_host_split(builder, data_config.get("train_split", "train"),
+    host_split, offset, num = tfds_host_split(builder, data_config.train_split,
                                                process_index, process_count)
     records = tfds_records(builder, host_split, data_config, fields)
     buffer = min(num, int(data_config.get("shuffle_buffer", 50_000)))
@@ -123,7 +123,7 @@ def train_source(data_config, seed: int, start: int, process_index: int, process
             return f"cannot decode an image of {data_config.source!r}: {error}"
 
         return TrainSource(stream, read_tfds, describe_tfds)
-    split = indexed_split(data_config, data_config.get("train_split", "train"))
+    split = indexed_split(data_config, data_config.train_split)
     shard = host_shards.train_shard(split.num_examples, process_index, process_count,
                         bool(data_config.get("shuffle_files", True)))
     if len(shard) == 0:
@@ -319,7 +319,7 @@ def eval_iterator(data_config, split: str, *, global_batch_size: int,
     process_index, process_count = numpy_data.resolve_process(process_index, process_count)
     n = numpy_data.host_batch_size(global_batch_size, process_count)
     size = int(data_config.image_size)
-    crop_fraction = float(data_config.get("eval_crop_fraction", 1.0))
+    crop_fraction = float(data_config.eval_crop_fraction)
     kind, _ = parse_source(data_config.source)
     if kind == "tfds":
         ds = tfds_eval_source(data_config, split, n, process_index, process_count)

@@ -149,7 +149,7 @@ def load_split(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
     if kind != "folder":
         raise DataError(f"data.source={data_config.source!r} needs TensorFlow (not installed "
                         "here); without it, folder: and synthetic sources can be read")
-    return _folder_arrays(root, split, data_config.get("train_split", "train"))
+    return _folder_arrays(root, split, data_config.train_split)
 
 
 @functools.lru_cache(maxsize=4)  # Each evaluation reads its splits again.
@@ -170,8 +170,8 @@ def synthetic_arrays(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Random uint8 images and labels of the synthetic source, seeded by the split's name
     (numpy's generator: other draws than the tf.data path's, the same distribution)."""
     size = int(data_config.image_size)
-    num = int(data_config.get("synthetic_num_examples", 10_000))
-    if split != data_config.get("train_split", "train"):
+    num = int(data_config.synthetic_num_examples)
+    if split != data_config.train_split:
         num = max(1, num // 5)
     rng = np.random.default_rng(zlib.crc32(split.encode()))
     return (rng.integers(0, 256, (num, size, size, 3), dtype=np.uint8),
@@ -182,9 +182,9 @@ def synthetic_arrays(data_config, split: str) -> tuple[np.ndarray, np.ndarray]:
 def dataset_info(data_config) -> DatasetInfo:
     """Training examples and classes of a folder or synthetic source, without TensorFlow."""
     kind, root = parse_source(data_config.source)
-    train = data_config.get("train_split", "train")
+    train = data_config.train_split
     if kind == "synthetic":
-        return DatasetInfo(int(data_config.get("synthetic_num_examples", 10_000)),
+        return DatasetInfo(int(data_config.synthetic_num_examples),
                            int(data_config.get("synthetic_num_classes", 10)))
     if kind != "folder":
         raise DataError(f"data.source={data_config.source!r} needs TensorFlow (not installed "
@@ -209,7 +209,7 @@ def eval_batches(data_config, split: str, *, global_batch_size: int,
     images, labels = load_split(data_config, split)
     first, count, padded = eval_layout(len(labels), process_index, process_count, n)
     height, width = images.shape[1:3]
-    side = max(int(round(float(data_config.get("eval_crop_fraction", 1.0))
+    side = max(int(round(float(data_config.eval_crop_fraction)
                          * min(height, width))), 1)
     box = jnp.asarray([(height - side) // 2, (width - side) // 2, side, side])
     view = jax.jit(jax.vmap(lambda image: jnp_ops.resized_crop(

@@ -45,7 +45,7 @@ IMAGE_TEXT_DEFAULT = ("zeroshot", "retrieval")
 def names(config: ml_collections.ConfigDict, method: methods.Method, info) -> tuple[str, ...]:
     """The evaluators a run makes: `eval.evaluators` if given (each must be able to run), else
     the method's default that the data allows. Raises ValueError naming the field."""
-    listed = tuple(config.eval.get("evaluators", ()))
+    listed = tuple(config.eval.evaluators)
     unknown = [name for name in listed if name not in REGISTRY]
     if unknown:
         raise ValueError(f"config.eval.evaluators: unknown evaluator {unknown[0]!r}; choose "

@@ -33,7 +33,7 @@ def zeroshot_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
 
 def zeroshot_split(config: ml_collections.ConfigDict) -> str:
     """`eval.zeroshot_split`, or the data's eval split when it is empty."""
-    return config.eval.get("zeroshot_split") or config.data.get("eval_split", "test")
+    return config.eval.get("zeroshot_split") or config.data.eval_split
 
 
 def check_zeroshot_split(config: ml_collections.ConfigDict) -> None:
@@ -130,7 +130,7 @@ class RetrievalEvaluator:
         out = evaluate.extract(
             self._pairs, variables,
             image_text_pipeline.eval_iterator(
-                data, data.get("eval_split", "test"), global_batch_size=eval_config.batch_size,
+                data, data.eval_split, global_batch_size=eval_config.batch_size,
                 captions_per_image=eval_config.captions_per_image), self._layout)
         image_of_text, caption = np.nonzero(out["text_valid"])
         return evaluate.retrieval_recall(out["image"], out["text"][image_of_text, caption],

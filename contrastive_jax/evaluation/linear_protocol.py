@@ -86,7 +86,7 @@ def head_optimizer(eval_config: ml_collections.ConfigDict, total_steps: int
                                      eval_config.linear_eval_batch_size, "linear")
     schedule = optax.cosine_decay_schedule(peak, total_steps)
     momentum = eval_config.linear_eval_momentum
-    if eval_config.get("linear_eval_protocol", "simclr") == "lars":
+    if eval_config.linear_eval_protocol == "lars":
         return optax.chain(optax.scale_by_trust_ratio(trust_coefficient=1e-3),
                            optax.trace(decay=momentum),
                            optax.scale_by_learning_rate(schedule)), schedule
@@ -168,7 +168,7 @@ def validate(config: ml_collections.ConfigDict, num_classes: int) -> None:
     if batch_size <= 0 or batch_size % jax.device_count():
         raise ValueError(f"config.eval.linear_eval_batch_size {batch_size} does not divide over "
                          f"{jax.device_count()} devices")
-    protocol = eval_config.get("linear_eval_protocol", "simclr")
+    protocol = eval_config.linear_eval_protocol
     if protocol not in PROTOCOLS:
         raise ValueError(f"config.eval.linear_eval_protocol must be one of {PROTOCOLS}, got "
                          f"{protocol!r}")
@@ -237,7 +237,7 @@ def linear_eval(config: ml_collections.ConfigDict, variables, encode_fn: EncodeF
     validate(config, info.num_classes)
     state = train_head(config, variables, encode_fn, num_classes=info.num_classes,
                        num_train_examples=info.num_train_examples, layout=layout)
-    batches = input_pipeline.eval_iterator(config.data, config.data.get("eval_split", "test"),
+    batches = input_pipeline.eval_iterator(config.data, config.data.eval_split,
                                            global_batch_size=config.eval.batch_size)
     out = evaluate.extract(top1_extractor(encode_fn, info.num_classes, layout),
                            {"encoder": variables, "head": state.params}, batches, layout)

@@ -49,8 +49,7 @@ class SplitFeatures:
         self._data = config.data
         self._batch_size = config.eval.batch_size
         self._layout = layout
-        self.splits = (config.data.get("train_split", "train"),
-                       config.data.get("eval_split", "test"))
+        self.splits = (config.data.train_split, config.data.eval_split)
 
     def __call__(self, variables: Any, split: str) -> Features:
         cache = _ROUND.get()

@@ -26,7 +26,7 @@ MOMENTUM_SCHEDULES = ("constant", "cosine")
 
 def model_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
     """The compute dtype of `config.model` (float32 unless set)."""
-    return jnp.dtype(config.model.get("dtype", "float32"))
+    return jnp.dtype(config.model.dtype)
 
 
 def layer_options(model_config: ml_collections.ConfigDict) -> dict:
@@ -40,8 +40,8 @@ def build_encoder(config: ml_collections.ConfigDict, axis_name: str | None) -> n
     model_config = config.model
     return resnet.resnet(
         model_config.name, width=model_config.width, stem=model_config.stem,
-        base_width=model_config.get("base_width", 64), bn_axis_name=axis_name,
-        zero_init_residual=model_config.get("zero_init_residual", False),
+        base_width=model_config.base_width, bn_axis_name=axis_name,
+        zero_init_residual=model_config.zero_init_residual,
         dtype=model_dtype(config))
 
 
@@ -76,8 +76,8 @@ def build_projection_model(config: ml_collections.ConfigDict, num_classes: int,
     """The ResNet encoder and projection head that `config.model` describes."""
     model_config = config.model
     projection = heads.ProjectionHead(
-        num_layers=model_config.head_layers, hidden_dim=model_config.get("head_hidden_dim"),
-        out_dim=model_config.head_out_dim, use_bn=model_config.get("head_bn", True),
+        num_layers=model_config.head_layers, hidden_dim=model_config.head_hidden_dim,
+        out_dim=model_config.head_out_dim, use_bn=model_config.head_bn,
         bn_axis_name=axis_name, dtype=model_dtype(config))
     return ProjectionModel(encoder=build_encoder(config, axis_name), projection=projection,
                            num_classes=num_classes)

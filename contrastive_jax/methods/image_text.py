@@ -120,7 +120,7 @@ def validate_text_dropout(config: ml_collections.ConfigDict) -> None:
     if weight > 0 and config.loss.simcse_temperature <= 0:
         raise ValueError("config.loss.simcse_temperature must be > 0, got "
                          f"{config.loss.simcse_temperature}")
-    if dropout > 0 and (config.get("grad_cache_chunks", 1) > 1 or config.parallel == "fsdp"):
+    if dropout > 0 and (config.grad_cache_chunks > 1 or config.parallel == "fsdp"):
         raise ValueError("config.model.text_dropout > 0 draws dropout masks from the step key, "
                          "which gradient caching (grad_cache_chunks > 1) and parallel='fsdp' do "
                          "not pass to the towers; use pmap or shard_map without chunks")

@@ -120,8 +120,8 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int,
     reference's) or, with `model.swav_output_bn`, in SimCLR's BatchNorm; the prototypes."""
     model_config = config.model
     projection = heads.ProjectionHead(
-        num_layers=model_config.head_layers, hidden_dim=model_config.get("head_hidden_dim"),
-        out_dim=model_config.head_out_dim, use_bn=model_config.get("head_bn", True),
+        num_layers=model_config.head_layers, hidden_dim=model_config.head_hidden_dim,
+        out_dim=model_config.head_out_dim, use_bn=model_config.head_bn,
         output_bn=model_config.swav_output_bn, bn_axis_name=axis_name,
         dtype=common.model_dtype(config))
     return SwAVModel(encoder=common.build_encoder(config, axis_name), projection=projection,

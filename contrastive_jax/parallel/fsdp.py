@@ -89,7 +89,7 @@ def validate(config: ml_collections.ConfigDict, method, num_devices: int | None 
                          f"{config.method!r} has none (SimCLR, SupCon, SimSiam, CLIP and "
                          "SigLIP do)")
     num_devices = num_devices or jax.device_count()
-    size = config.get("fsdp_size", 0)
+    size = config.fsdp_size
     if config.parallel == "fsdp" and (size < 0 or (size and num_devices % size)):
         raise ValueError(f"config.fsdp_size={size} does not divide the {num_devices} devices")
 
@@ -145,7 +145,7 @@ def make_step(method, model, config: ml_collections.ConfigDict,
     param_specs = jax.tree.map(lambda s: s.spec, shardings.params)
     loss_on_devices = _loss_on_devices(parts, mesh, param_specs)
     batch_sharding = NamedSharding(mesh, P(BATCH_AXES))
-    num_chunks = config.get("grad_cache_chunks", 1)
+    num_chunks = config.grad_cache_chunks
     layout = device_chunk_layout(mesh.size, batch_sharding)
 
     def loss_and_grads(params, outputs, batch):

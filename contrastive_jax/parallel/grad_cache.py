@@ -108,7 +108,7 @@ def value_and_grad(parts: LossParts, params, batch_stats, batch, num_chunks: int
 
 def validate(config: ml_collections.ConfigDict, method, num_devices: int) -> None:
     """Refuses `grad_cache_chunks` that a method or the per-device batch cannot take."""
-    chunks = config.get("grad_cache_chunks", 1)
+    chunks = config.grad_cache_chunks
     if chunks == 1:
         return
     if chunks < 1:
