@@ -29,8 +29,6 @@ from contrastive_jax import cli, config_checks, config_defaults, files
 from contrastive_jax.augment import jnp_ops, spec
 from contrastive_jax.data import input_pipeline, numpy_data, sources
 
-AUGMENT_ON = ("host", "device")  # Where `data.augment_on` draws the training views.
-
 
 def _grid_row(images: Sequence[np.ndarray], scale: int, gap: int = 2) -> np.ndarray:
     """The images [S, S, 3] side by side, each enlarged `scale` times (nearest), framed by white
@@ -69,7 +67,7 @@ def _check(args) -> None:
         raise ValueError(f"--solarize_prob must be in [0, 1], got {args.solarize_prob}")
     if args.color_strength is not None and args.color_strength < 0:
         raise ValueError(f"--color_strength must be >= 0, got {args.color_strength}")
-    for name, choices in (("brightness_mode", spec.BRIGHTNESS_MODES), ("augment_on", AUGMENT_ON)):
+    for name, choices in (("brightness_mode", spec.BRIGHTNESS_MODES), ("augment_on", spec.AUGMENT_ON)):
         if getattr(args, name) not in (None, *choices):
             raise ValueError(f"--{name} must be one of {choices}, got {getattr(args, name)!r}")
 
@@ -87,8 +85,8 @@ def data_config(args, image: np.ndarray) -> ml_collections.ConfigDict:
         config = config_flags.ConfigFileFlagParser(name="config").parse(args.config)
         config.unlock()  # The flags below may change a field's type (a per-view pair).
         config_checks.check_ranges(config)
-        if config.data.augment_on not in AUGMENT_ON:
-            raise ValueError(f"config.data.augment_on must be one of {AUGMENT_ON}, got "
+        if config.data.augment_on not in spec.AUGMENT_ON:
+            raise ValueError(f"config.data.augment_on must be one of {spec.AUGMENT_ON}, got "
                              f"{config.data.augment_on!r}")
         data = config.data
     else:

@@ -19,10 +19,9 @@ import ml_collections
 import optax
 
 from contrastive_jax import config_checks, methods, optim, parallel
+from contrastive_jax.augment import spec
 from contrastive_jax.parallel import fsdp, grad_cache
 from contrastive_jax.parallel.layout import PARALLEL, Layout
-
-AUGMENT_ON = ("host", "device")  # Where training views are drawn: tf.data, or the accelerators.
 
 
 @flax.struct.dataclass
@@ -50,8 +49,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         raise ValueError(f"config.profile_steps must be >= 0, got {config.profile_steps}")
     parallel.per_device_batch_size(config.batch_size, num_devices)
     method = methods.get(config.method)
-    if config.data.augment_on not in AUGMENT_ON:
-        raise ValueError(f"config.data.augment_on must be one of {AUGMENT_ON}, got "
+    if config.data.augment_on not in spec.AUGMENT_ON:
+        raise ValueError(f"config.data.augment_on must be one of {spec.AUGMENT_ON}, got "
                          f"{config.data.augment_on!r}")
     if config.data.augment_on == "device" and method.image_text:
         raise ValueError(f"config.data.augment_on='device' makes two-view image batches; "

@@ -17,6 +17,7 @@ import dataclasses
 # x + (f - 1), the additive delta of tf.image.random_brightness (BYOL's reference code, and
 # SimCLR's with its "simclrv1" option), from the same draw.
 BRIGHTNESS_MODES = ("multiply", "add")
+AUGMENT_ON = ("host", "device")  # data.augment_on: views drawn by tf.data, or on the accelerators.
 
 # SimCLR's colour jitter at strength 1 (brightness, contrast, saturation, hue); strength s
 # scales all four.
