@@ -23,6 +23,7 @@ import functools
 import itertools
 import json
 import os
+import re
 from typing import NamedTuple
 
 import numpy as np
@@ -35,7 +36,10 @@ from contrastive_jax.data.numpy_data import DataError, DatasetInfo, parse_source
 from contrastive_jax.data.sources import decode_image
 
 _SHUFFLE_SALT = 0x5A4D  # Keeps the window shuffles apart from the shard-order stream.
-_DATA_ERROR = "DataError: "  # Marks a message that already names the file.
+_DATA_ERROR = "DataError: "  # How a DataError raised in the wds reader shows in TF's error.
+# What a failed check inside tf.data reports (TF escapes the strings it prints, so no paths):
+# the shard's id, then "count N" (N usable samples read) or "sample I no_image|no_caption".
+_CHECK = re.compile(r"shard check failed: (\d+) (count (\d+)|sample (\d+) (no_image|no_caption))")
 
 
 class ShardSet(NamedTuple):
@@ -112,12 +116,18 @@ def dataset_info(data_config) -> DatasetInfo:
     return DatasetInfo(sum(shard_set(data_config).counts), 0)
 
 
-def _marked(error: Exception) -> str | None:
-    """The message of a DataError raised or asserted inside tf.data, which names its file."""
+def _raised(error: Exception) -> str | None:
+    """The message of a DataError raised by the wds reader inside tf.data (it names the file)."""
     text = getattr(error, "message", str(error))
     if _DATA_ERROR not in text:
         return None
-    return text.split(_DATA_ERROR, 1)[1].splitlines()[0].rstrip("]").strip()
+    return text.split(_DATA_ERROR, 1)[1].splitlines()[0].strip()
+
+
+def _reason(error: Exception) -> str:
+    """The first line of a TF error's message, without TF's function and op names."""
+    text = getattr(error, "message", str(error)).strip().splitlines()[0]
+    return re.sub(r"\{\{[^}]*\}\}|\[Op:\w+\]", "", text).strip()
 
 
 class _HostShards:
@@ -167,20 +177,20 @@ class _HostShards:
 
         def check(seen, keys, images, captions, num_captions, is_end):
             miscounted = is_end & (seen != count)
-            bad = (tf.strings.length(images) == 0) | (num_captions == 0)
+            no_image = tf.strings.length(images) == 0
+            bad = no_image | (num_captions == 0)
             ok = ~miscounted & ~tf.reduce_any(bad)
 
-            def message():
-                first = tf.argmax(tf.cast(bad, tf.int32))
-                problem = tf.where(tf.strings.length(images[first]) == 0, " has no image",
-                                   f" has no caption {s.caption_key!r} (data.caption_key)")
-                return tf.strings.join([_DATA_ERROR, tf.where(
-                    miscounted, tf.strings.join([
-                        "shard ", path, " holds ", tf.strings.as_string(seen), " usable "
-                        "samples, not the ", tf.strings.as_string(count), " counted before"]),
-                    tf.strings.join(["sample ", keys[first], " of shard ", path, problem]))])
+            def report():
+                first = tf.argmax(tf.cast(bad, tf.int32), output_type=tf.int64)
+                problem = tf.strings.join(["sample ", tf.strings.as_string(seen + first), " ",
+                                           tf.where(no_image[first], "no_image", "no_caption")])
+                return tf.strings.join([
+                    "shard check failed: ", tf.strings.as_string(shard), " ",
+                    tf.where(miscounted, tf.strings.join(["count ", tf.strings.as_string(seen)]),
+                             problem)])
 
-            check_op = tf.debugging.Assert(ok, [tf.cond(ok, lambda: no_text[:0], message)])
+            check_op = tf.debugging.Assert(ok, [tf.cond(ok, lambda: no_text[:0], report)])
             with tf.control_dependencies([check_op]):
                 index = offset + seen + tf.range(tf.size(keys, tf.int64))
             return tf.fill(tf.shape(index), epoch), index, images, captions, num_captions
@@ -226,10 +236,20 @@ class _HostShards:
     def describe_error(self, first: int, count: int, error: Exception) -> str | None:
         """What failed among host positions [first, first + count): a sample whose image does
         not decode, or a shard that cannot be read (read again in Python to name it)."""
-        marked = _marked(error)
-        if marked:
-            return marked
         s = self.shards
+        raised = _raised(error)
+        if raised:
+            return raised
+        check = _CHECK.search(getattr(error, "message", str(error)))
+        if check:
+            shard = int(check.group(1))
+            if check.group(3) is not None:
+                return (f"shard {s.paths[shard]} holds {check.group(3)} usable samples, not "
+                        f"the {s.counts[shard]} its _stats.json gives")
+            name = self.sample_name(int(s.offsets[shard]) + int(check.group(4)))
+            return (f"{name} has no image ({', '.join(shard_formats.IMAGE_FIELDS)})"
+                    if check.group(5) == "no_image" else
+                    f"{name} has no caption {s.caption_key!r} (data.caption_key)")
         try:
             replay = list(self.stream(first).take(count).as_numpy_iterator())
         except tf.errors.OpError:
@@ -249,8 +269,7 @@ class _HostShards:
             try:
                 decode_image(image)
             except (tf.errors.OpError, ValueError) as bad:
-                reason = getattr(bad, "message", str(bad)).strip().splitlines()[0]
-                return f"cannot decode the image of {self.sample_name(index)}: {reason}"
+                return f"cannot decode the image of {self.sample_name(index)}: {_reason(bad)}"
         return None
 
 
