@@ -1,0 +1,184 @@
+"""Tests of the wds: and tfrecord: shard sources (data.shard_source, data.shard_formats) on shards
+tools.make_shards writes from CIFAR-10 JPEGs: each sample read once per epoch over 1 and 2 hosts
+with the bytes and captions the shard holds (read back with Python's tarfile and
+tf.train.Example, not the reader under test), the order, exact resume mid-epoch and several
+captions per sample. The bad inputs are in test_shard_errors.py.
+"""
+
+import collections
+import json
+import tarfile
+
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from contrastive_jax.data import image_text_pipeline as itp, input_pipeline, shard_source
+from contrastive_jax.data import tokenizer as tok
+from contrastive_jax.data.sources import DataError
+from contrastive_jax.tools import make_shards
+
+from support import first_per_class
+
+FORMATS = ("wds", "tfrecord")
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+           "truck")
+PER_CLASS = 3  # 30 images: shards of 4 are 7 full ones and one of 2.
+SHARD_SIZE = 4
+MAX_LEN = 48
+
+
+def data_config(source, **overrides):
+    cfg = ml_collections.ConfigDict(dict(
+        source=source, data_dir="", image_size=16, train_split="train", crop_area_min=0.5,
+        tokenizer="bytes", max_text_len=MAX_LEN, caption_key="", shard_window=3,
+        shuffle_buffer=50_000))
+    cfg.update(overrides)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def images(cifar_folder, tmp_path_factory):
+    """An image folder of the first 3 training JPEGs of each CIFAR-10 class."""
+    return first_per_class(cifar_folder, tmp_path_factory.mktemp("cifar_small"), PER_CLASS)
+
+
+@pytest.fixture(scope="module")
+def shards(images, tmp_path_factory):
+    """{format: folder} of make_shards' shards of `images`."""
+    out = {}
+    for fmt in FORMATS:
+        folder = tmp_path_factory.mktemp(fmt) / "shards"
+        make_shards.write_shards(data_config(f"folder:{images}"), "train", fmt, str(folder),
+                                 SHARD_SIZE)
+        out[fmt] = folder
+    return out
+
+
+def read_back(fmt, folder):
+    """[(image bytes, txt, captions)] of every sample in split order (shards by name), read
+    with Python's tarfile or tf.train.Example."""
+    samples = []
+    for path in sorted(folder.glob("*.tar" if fmt == "wds" else "*.tfrecord")):
+        if fmt == "wds":
+            with tarfile.open(path) as tar:
+                members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+            for key in sorted({name.split(".")[0] for name in members}):
+                meta = json.loads(members[f"{key}.json"])
+                samples.append((members[f"{key}.jpg"], members[f"{key}.txt"],
+                                [c.encode() for c in meta["captions"]]))
+        else:
+            for record in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
+                f = tf.train.Example.FromString(record).features.feature
+                samples.append((f["jpg"].bytes_list.value[0], f["txt"].bytes_list.value[0],
+                                list(f["captions"].bytes_list.value)))
+    return samples
+
+
+def source_of(fmt, shards):
+    return f"{fmt}:{shards[fmt]}/*"
+
+
+def take(iterator, k):
+    return [next(iterator) for _ in range(k)]
+
+
+def texts(batch):
+    return [tok.ByteTokenizer(MAX_LEN).detokenize(row) for row in batch["text"]]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("process_count", [1, 2])
+def test_each_sample_is_read_once_per_epoch_by_one_host(shards, images, fmt, process_count):
+    """Over the hosts, epochs 0 and 1 each hold every sample once, with the image bytes and
+    caption its shard holds; each shard goes whole to one host; epochs differ in order."""
+    cfg = data_config(source_of(fmt, shards))
+    expected = read_back(fmt, shards[fmt])
+    assert len(expected) == 10 * PER_CLASS
+    folder_bytes = sorted(p.read_bytes() for p in images.glob("train/*/*.jpg"))
+    assert sorted(image for image, _, _ in expected) == folder_bytes
+    epochs = collections.defaultdict(list)
+    for p in range(process_count):
+        source = shard_source.train_source(cfg, seed=3, start=0, process_index=p,
+                                           process_count=process_count)
+        host = collections.defaultdict(list)
+        for epoch, index, image, captions, count in source.stream.take(
+                2 * len(expected)).as_numpy_iterator():
+            assert image == expected[index][0]
+            assert list(captions[:count]) == [expected[index][1]]
+            host[epoch].append(int(index))
+        assert sorted(host[0]) == sorted(host[1]) and host[0] != host[1]
+        assert {i // SHARD_SIZE for i in host[0]} == {i // SHARD_SIZE for i in host[1]}
+        epochs[0] += host[0]
+        epochs[1] += host[1]
+    for epoch in (0, 1):
+        assert sorted(epochs[epoch]) == list(range(len(expected)))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_order_is_fixed_by_the_seed(shards, fmt):
+    cfg = data_config(source_of(fmt, shards))
+
+    def order(seed):
+        source = shard_source.train_source(cfg, seed, 0, 0, 1)
+        return [int(r[1]) for r in source.stream.take(30).as_numpy_iterator()]
+
+    assert order(0) == order(0) and order(0) != order(1)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_resume_mid_epoch_gives_the_batches_of_an_uninterrupted_run(shards, fmt):
+    """Windows of 3 shards (12 samples), batches of 5: step 3 resumes inside a window, step 7
+    in the second epoch; every batch equals the uninterrupted run's."""
+    cfg = data_config(source_of(fmt, shards), caption_key="captions")
+    kwargs = dict(global_batch_size=5, seed=4, process_index=0, process_count=1)
+    full = take(itp.train_iterator(cfg, **kwargs), 10)
+    for start in (3, 7):
+        resumed = take(itp.train_iterator(cfg, start_step=start, **kwargs), 10 - start)
+        for a, b in zip(full[start:], resumed):
+            assert set(a) == set(b) == {"image", "text"}
+            for key in a:
+                np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_resume_on_the_second_of_two_hosts(shards):
+    cfg = data_config(source_of("wds", shards))
+    kwargs = dict(global_batch_size=6, seed=1, process_index=1, process_count=2)
+    full = take(itp.train_iterator(cfg, **kwargs), 8)
+    resumed = take(itp.train_iterator(cfg, start_step=5, **kwargs), 3)
+    for a, b in zip(full[5:], resumed):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["text"], b["text"])
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_sample_s_captions_are_drawn_from_its_caption_column(shards, fmt):
+    """caption_key "" reads img2dataset's txt (make_shards: the first training prompt);
+    "captions", the list of every training prompt of the class, drawn per example and epoch."""
+    first = set(itp.class_captions(name)[0] for name in CLASSES)
+    templates = collections.defaultdict(set)
+    for caption_key in ("", "captions"):
+        cfg = data_config(source_of(fmt, shards), caption_key=caption_key)
+        batches = take(itp.train_iterator(cfg, global_batch_size=10, seed=0, process_index=0,
+                                          process_count=1), 12)  # 4 epochs.
+        for batch in batches:
+            assert batch["image"].shape == (10, 16, 16, 3) and batch["text"].shape == (10, MAX_LEN)
+            for text in texts(batch):
+                name = next(n for n in CLASSES if text in itp.class_captions(n))
+                templates[caption_key, name].add(text)
+    assert set().union(*(templates["", n] for n in CLASSES)) == first
+    assert all(len(templates["captions", n]) > 1 for n in CLASSES)
+
+
+def test_the_split_size_is_the_shards_sample_count(shards):
+    info = shard_source.dataset_info(data_config(source_of("tfrecord", shards)))
+    assert info.num_train_examples == 10 * PER_CLASS and info.num_classes == 0
+
+
+def test_two_view_methods_refuse_a_shard_source(shards):
+    cfg = data_config(source_of("wds", shards), color_strength=0.5, blur=False)
+    with pytest.raises(DataError, match="only the image-text methods"):
+        input_pipeline.train_iterator(cfg, global_batch_size=4, seed=0, process_index=0,
+                                      process_count=1)
+
