@@ -56,16 +56,13 @@ def examples(data_config, split: str, seed: int) -> Iterator[Example]:
                 image = f.read()
             image_format(image, paths[i])
             yield image, list(captions.candidates(tf.constant(labels[i])).numpy()), labels[i]
-    elif kind == "tfds":
+    else:
         builder = sources.tfds_builder(data_config)
         records = sources.tfds_records(builder, split, data_config, captions.fields).map(
             lambda i, image, *rest: (i, image, captions.candidates(*rest), rest[0]))
         for i, image, texts, label in records.as_numpy_iterator():
             image_format(image, f"example {i} of {data_config.source!r} split {split!r}")
             yield image, list(texts), int(label) if captions.labelled else -1
-    else:
-        raise numpy_data.DataError(f"make_shards reads folder: and tfds: sources, not "
-                                   f"{data_config.source!r}")
 
 
 def _metadata(key: str, captions: list[bytes], label: int) -> dict:
@@ -122,6 +119,9 @@ def write_shards(data_config, split: str, fmt: str, out: str, shard_size: int,
         raise ValueError(f"--shard_size must be > 0, got {shard_size}")
     if fmt not in ("wds", "tfrecord"):
         raise ValueError(f"--format must be wds or tfrecord, got {fmt!r}")
+    if numpy_data.parse_source(data_config.source)[0] not in ("folder", "tfds"):
+        raise numpy_data.DataError(f"make_shards reads folder: and tfds: sources, not "
+                                   f"{data_config.source!r}")
     if os.path.isdir(out) and os.listdir(out):
         raise ValueError(f"--out={out} is not empty; write shards into a new or empty folder")
     os.makedirs(out, exist_ok=True)

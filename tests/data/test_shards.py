@@ -7,6 +7,7 @@ captions per sample. The bad inputs are in test_shard_errors.py.
 
 import collections
 import json
+import os
 import tarfile
 
 import ml_collections
@@ -14,12 +15,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from contrastive_jax import methods, train
 from contrastive_jax.data import image_text_pipeline as itp, input_pipeline, shard_source
 from contrastive_jax.data import tokenizer as tok
 from contrastive_jax.data.sources import DataError
+from contrastive_jax.evaluation import evaluators
 from contrastive_jax.tools import make_shards
 
-from support import first_per_class
+from support import REPO, first_per_class, image_text_config, load_config
+from tiny_tfds import CAPTIONS as TFDS_CAPTIONS
 
 FORMATS = ("wds", "tfrecord")
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
@@ -171,6 +175,22 @@ def test_a_sample_s_captions_are_drawn_from_its_caption_column(shards, fmt):
     assert all(len(templates["captions", n]) > 1 for n in CLASSES)
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_png_samples_with_several_captions_read_back(captions_tfds_dir, tmp_path, fmt):
+    """Shards of the tiny TFDS caption set (PNG images, 2 to 5 captions each) read with
+    data.caption_key "captions": each sample's captions are all its TFDS captions."""
+    source = data_config("tfds:contrastive_jax_captions_tiny:1.0.0", data_dir=captions_tfds_dir,
+                         caption_key="captions/text")
+    make_shards.write_shards(source, "train", fmt, str(tmp_path / "shards"), 2)
+    cfg = data_config(f"{fmt}:{tmp_path}/shards/*", caption_key="captions")
+    stream = shard_source.train_source(cfg, 0, 0, 0, 1).stream
+    found = {}
+    for _, index, image, captions, count in stream.take(3).as_numpy_iterator():
+        colour = int(tf.io.decode_png(image).numpy().mean().round())
+        found[colour] = [c.decode() for c in captions[:count]]
+    assert found == {40 * (i + 1): captions for i, captions in enumerate(TFDS_CAPTIONS)}
+
+
 def test_the_split_size_is_the_shards_sample_count(shards):
     info = shard_source.dataset_info(data_config(source_of("tfrecord", shards)))
     assert info.num_train_examples == 10 * PER_CLASS and info.num_classes == 0
@@ -182,3 +202,45 @@ def test_two_view_methods_refuse_a_shard_source(shards):
         input_pipeline.train_iterator(cfg, global_batch_size=4, seed=0, process_index=0,
                                       process_count=1)
 
+
+
+def test_clip_trains_from_shards(shards, tmp_path):
+    """A short CLIP run (tiny towers) on wds shards: finite losses logged at every step, and
+    no evaluator asks for the labels or retrieval captions the shards do not have."""
+    config = image_text_config("clip", batch_size=8, total_steps=3, **{
+        "data.source": source_of("wds", shards), "eval_every": 0})
+    train.train_and_evaluate(config, str(tmp_path))
+    with open(tmp_path / "metrics.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    steps = [row for row in rows if "loss" in row]
+    assert [row["step"] for row in steps] == [1, 2, 3]
+    assert all(np.isfinite(row["loss"]) for row in steps)
+    assert not any(key.startswith(("zeroshot", "i2t", "t2i")) for row in rows for key in row)
+
+
+def test_clip_cifar10_config_with_only_its_source_changed_reads_shards(shards):
+    """configs/clip_cifar10.py with data.source = tfrecord shards: its steps come from the
+    shards' count, it validates, no evaluator asks for labels, and its batches have the shapes
+    its towers take (the slow test below trains it)."""
+    config = load_config(os.path.join(REPO, "configs", "clip_cifar10.py"))
+    config.data.source = source_of("tfrecord", shards)
+    info = train.dataset_info(config.data)
+    config = train.resolve_steps(config, info.num_train_examples)
+    train.validate(config)
+    assert config.total_steps == config.num_epochs  # 30 samples: one step of 256 an epoch.
+    assert evaluators.names(config, methods.get("clip"), info) == ()
+    batch = next(itp.train_iterator(config.data, global_batch_size=64, seed=0, process_index=0,
+                                    process_count=1))
+    size, length = config.data.image_size, config.data.max_text_len
+    assert batch["image"].shape == (64, size, size, 3) and batch["text"].shape == (64, length)
+
+
+@pytest.mark.slow
+def test_clip_cifar10_config_with_only_its_source_changed_trains_from_shards(shards, tmp_path):
+    """Its 3 epochs of the 30 samples: 3 steps of batch 256, the last logged, its loss finite."""
+    config = load_config(os.path.join(REPO, "configs", "clip_cifar10.py"))
+    config.data.source = source_of("tfrecord", shards)
+    train.train_and_evaluate(config, str(tmp_path))
+    with open(tmp_path / "metrics.jsonl") as f:
+        losses = {row["step"]: row["loss"] for row in map(json.loads, f) if "loss" in row}
+    assert max(losses) == 3 and all(np.isfinite(list(losses.values())))
