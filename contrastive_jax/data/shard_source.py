@@ -1,11 +1,6 @@
 """Image-text shard sources `wds:GLOB` and `tfrecord:GLOB`: which shards each host reads, in
 which order, and where a resumed run picks up.
 
-The files the glob matches (less img2dataset's side files, *.json and *.parquet) are the training
-split. A shard's sample count is img2dataset's `{shard}_stats.json` "successes" or, without that
-file, what reading the shard once finds (`shard_formats.scan`, which also checks it). Empty shards
-are skipped, as are samples marked failed; both counts are logged.
-
 Hosts share the non-empty shards as `host_shards.train_shard` shares examples (an even split of
 a fixed permutation), so each shard is read by one host, once per epoch. In epoch e a host visits
 its shards in an order fixed by (seed, e) (`host_shards.epoch_order`), `data.shard_window` at a
@@ -13,26 +8,22 @@ time: a window's samples are interleaved and shuffled together (a buffer of up t
 data.shuffle_buffer samples, seeded by (seed, e, window)), and depend on nothing before the
 window. A run resumed at host position p therefore skips whole epochs and windows by their counts
 and reads, without decoding, only the samples of p's window that precede it. Sample i of the
-split (shards in sorted order) is augmented with the seed of index i, as index sources do.
+split (shard_index: the shards in sorted order) is augmented with the seed of index i, as index
+sources do.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import functools
 import itertools
-import json
-import os
 import re
-from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
-from absl import logging
 
 from contrastive_jax.data import host_shards, shard_formats
 from contrastive_jax.data.input_pipeline import TrainSource
-from contrastive_jax.data.numpy_data import DataError, DatasetInfo, parse_source
+from contrastive_jax.data.numpy_data import DataError
+from contrastive_jax.data.shard_index import ShardSet, shard_set
 from contrastive_jax.data.sources import decode_image
 
 _SHUFFLE_SALT = 0x5A4D  # Keeps the window shuffles apart from the shard-order stream.
@@ -40,80 +31,6 @@ _DATA_ERROR = "DataError: "  # How a DataError raised in the wds reader shows in
 # What a failed check inside tf.data reports (TF escapes the strings it prints, so no paths):
 # the shard's id, then "count N" (N usable samples read) or "sample I no_image|no_caption".
 _CHECK = re.compile(r"shard check failed: (\d+) (count (\d+)|sample (\d+) (no_image|no_caption))")
-
-
-class ShardSet(NamedTuple):
-    """The non-empty shards of a source, sorted by path, with their usable sample counts."""
-
-    source: str
-    fmt: str
-    caption_key: str
-    paths: tuple[str, ...]
-    counts: tuple[int, ...]
-
-    @property
-    def offsets(self) -> np.ndarray:
-        """The split index of each shard's first sample."""
-        return np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64)
-
-
-def caption_key(data_config) -> str:
-    """The column captions come from: data.caption_key, or img2dataset's "txt" when empty."""
-    return str(data_config.get("caption_key", "") or "txt")
-
-
-def _stats(path: str) -> dict | None:
-    """img2dataset's `{shard}_stats.json` beside `path`, if there is one."""
-    stats = os.path.splitext(path)[0] + "_stats.json"
-    if not tf.io.gfile.exists(stats):
-        return None
-    try:
-        with tf.io.gfile.GFile(stats) as f:
-            found = json.load(f)
-        return {"successes": int(found["successes"]), "count": int(found.get("count", 0))}
-    except (ValueError, KeyError, TypeError) as error:
-        raise DataError(f"img2dataset stats file {stats} is unreadable ({error!r}); fix or "
-                        "delete it (the shard is then counted by reading it)") from None
-
-
-def _count(fmt: str, path: str, key: str) -> tuple[int, int, bool]:
-    """(usable samples, samples marked failed, whether a stats file said so) of one shard."""
-    if tf.io.gfile.stat(path).length == 0:
-        return 0, 0, False
-    stats = _stats(path)
-    if stats is not None:
-        return stats["successes"], max(stats["count"] - stats["successes"], 0), True
-    return (*shard_formats.scan(fmt, path, key), False)
-
-
-@functools.lru_cache(maxsize=8)
-def _shard_set(source: str, key: str) -> ShardSet:
-    fmt, pattern = parse_source(source)
-    paths = sorted(p for p in tf.io.gfile.glob(pattern)
-                   if not p.endswith((".json", ".parquet")))
-    if not paths:
-        raise DataError(f"no shards match {pattern!r} (data.source {source!r})")
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        found = list(pool.map(lambda p: _count(fmt, p, key), paths))
-    kept = [(p, n) for p, (n, _, _) in zip(paths, found) if n > 0]
-    if not kept:
-        raise DataError(f"the {len(paths)} shards matching {pattern!r} hold no usable sample")
-    scanned = sum(not from_stats for _, _, from_stats in found)
-    logging.info("%s: %d shards, %d samples; %d empty shards skipped; %d samples marked failed "
-                 "skipped; %d shards without a _stats.json counted by reading them", source,
-                 len(kept), sum(n for _, n in kept), len(paths) - len(kept),
-                 sum(failed for _, failed, _ in found), scanned)
-    return ShardSet(source, fmt, key, *map(tuple, zip(*kept)))
-
-
-def shard_set(data_config) -> ShardSet:
-    """The shards of a `wds:` or `tfrecord:` source; DataError if there are none."""
-    return _shard_set(str(data_config.source), caption_key(data_config))
-
-
-def dataset_info(data_config) -> DatasetInfo:
-    """(usable samples over all shards, 0 classes)."""
-    return DatasetInfo(sum(shard_set(data_config).counts), 0)
 
 
 def _raised(error: Exception) -> str | None:

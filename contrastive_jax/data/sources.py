@@ -5,7 +5,7 @@
                  1,000 test, the first 400 / last 100 of each digit.
 - `tfds:NAME[:VERSION]`  a prepared TFDS dataset in `config.data.data_dir` (features image, label).
 - `synthetic`    random uint8 images and labels, generated per example index.
-- `wds:GLOB`, `tfrecord:GLOB`  image-text shards as img2dataset writes them (shard_source), for
+- `wds:GLOB`, `tfrecord:GLOB`  image-text shards as img2dataset writes them (shard_index, shard_source), for
                  the image-text methods.
 
 Folder, demo and synthetic splits load any example by index (`indexed_split`); TFDS splits are
@@ -29,6 +29,7 @@ import tensorflow as tf
 
 # The folder layout and source names, shared with the path that runs without TensorFlow.
 from contrastive_jax.data.numpy_data import DataError, DatasetInfo, folder_files, parse_source
+from contrastive_jax.data import shard_index
 from contrastive_jax.data.shard_formats import FORMATS as SHARD_FORMATS
 
 try:  # TensorFlow must not take GPU memory next to JAX.
@@ -227,8 +228,7 @@ def num_examples(data_config, split: str) -> int:
     if kind == "tfds":
         return tfds_num_examples(tfds_builder(data_config), split)
     if kind in SHARD_FORMATS:  # The glob is the training split.
-        from contrastive_jax.data import shard_source
-        return shard_source.dataset_info(data_config).num_train_examples
+        return shard_index.dataset_info(data_config).num_train_examples
     return indexed_split(data_config, split).num_examples
 
 
@@ -258,7 +258,6 @@ def dataset_info(data_config) -> DatasetInfo:
                        if label_key in builder.info.features.keys() else 0)
         return DatasetInfo(tfds_num_examples(builder, train), num_classes)
     if kind in SHARD_FORMATS:
-        from contrastive_jax.data import shard_source  # It builds on this module.
-        return shard_source.dataset_info(data_config)
+        return shard_index.dataset_info(data_config)
     split = indexed_split(data_config, train)
     return DatasetInfo(split.num_examples, split.num_classes)

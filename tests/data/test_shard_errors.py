@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from contrastive_jax.data import image_text_pipeline as itp, shard_source
+from contrastive_jax.data import image_text_pipeline as itp, shard_index, shard_source
 from contrastive_jax.data.sources import DataError
 from contrastive_jax.tools import make_shards
 
@@ -104,7 +104,7 @@ def test_empty_shards_are_skipped_and_counted(tmp_path, caplog):
     write_tar(tmp_path / "00003.tar", [sample("c")])
     caplog.set_level(logging.INFO)
     cfg = data_config(f"wds:{tmp_path}/*.tar")
-    assert shard_source.dataset_info(cfg).num_train_examples == 3
+    assert shard_index.dataset_info(cfg).num_train_examples == 3
     assert "2 empty shards skipped" in caplog.text
     source = shard_source.train_source(cfg, 0, 0, 0, 1)
     assert sorted(int(r[1]) for r in source.stream.take(3).as_numpy_iterator()) == [0, 1, 2]
@@ -129,7 +129,7 @@ def test_samples_marked_failed_are_skipped_and_counted(tmp_path, caplog, fmt):
             {"key": b"c", "jpg": JPEG, "txt": b"y"}])
     caplog.set_level(logging.INFO)
     source = f"{fmt}:{tmp_path}/*"
-    assert shard_source.dataset_info(data_config(source)).num_train_examples == 2
+    assert shard_index.dataset_info(data_config(source)).num_train_examples == 2
     assert "1 samples marked failed skipped" in caplog.text
     stream = shard_source.train_source(data_config(source), 0, 0, 0, 1).stream
     assert sorted(int(r[1]) for r in stream.take(4).as_numpy_iterator()) == [0, 0, 1, 1]
@@ -141,7 +141,7 @@ def test_a_shard_cut_short_is_named_before_training_without_a_stats_file(made, t
     for stats in path.parent.glob("*_stats.json"):
         stats.unlink()
     with pytest.raises(DataError, match=f"shard {path} is cut short"):
-        shard_source.dataset_info(data_config(source))
+        shard_index.dataset_info(data_config(source))
 
 
 @pytest.mark.parametrize("fmt", ["wds", "tfrecord"])
@@ -208,7 +208,7 @@ def test_a_sample_without_its_caption_or_image_is_named(tmp_path, fmt, missing):
     message = f"sample b of shard {path} has no " + (
         "caption 'txt'" if missing == "txt" else "image")
     with pytest.raises(DataError, match=message):
-        shard_source.dataset_info(data_config(f"{fmt}:{tmp_path}/*"))
+        shard_index.dataset_info(data_config(f"{fmt}:{tmp_path}/*"))
     (tmp_path / "0_stats.json").write_text(json.dumps({"count": 2, "successes": 2}))
     with pytest.raises(DataError, match=message):
         iterate(f"{fmt}:{tmp_path}/*", batches=2)

@@ -16,7 +16,8 @@ import pytest
 import tensorflow as tf
 
 from contrastive_jax import methods, train
-from contrastive_jax.data import image_text_pipeline as itp, input_pipeline, shard_source
+from contrastive_jax.data import image_text_pipeline as itp, input_pipeline, shard_index
+from contrastive_jax.data import shard_source
 from contrastive_jax.data import tokenizer as tok
 from contrastive_jax.data.sources import DataError
 from contrastive_jax.evaluation import evaluators
@@ -192,7 +193,7 @@ def test_png_samples_with_several_captions_read_back(captions_tfds_dir, tmp_path
 
 
 def test_the_split_size_is_the_shards_sample_count(shards):
-    info = shard_source.dataset_info(data_config(source_of("tfrecord", shards)))
+    info = shard_index.dataset_info(data_config(source_of("tfrecord", shards)))
     assert info.num_train_examples == 10 * PER_CLASS and info.num_classes == 0
 
 
