@@ -54,7 +54,7 @@ def _octal(field: bytes) -> int:
     """A tar number field: octal digits ended by NUL or space, or GNU base-256 (over 8 GiB)."""
     if field[0] & 0x80:
         return int.from_bytes(field[1:], "big")
-    return int(field.split(b"\0", 1)[0].strip() or b"0", 8)
+    return int(field.strip(b" \0") or b"0", 8)
 
 
 def _pax_path(records: bytes) -> bytes | None:
@@ -82,8 +82,12 @@ def tar_members(stream: IO[bytes], path: str) -> Iterator[tuple[bytes, bytes]]:
                 return
             raise DataError(f"wds shard {path} is cut short at byte {offset + len(header)} "
                             "(no end-of-archive block): truncated?")
+        # tar's checksum is the header's byte sum, its own field read as 8 spaces. Checked mod
+        # 255, without a Python loop: 256 = 1 (mod 255), so a number's base-256 digits sum to
+        # it mod 255 (a byte that moved by exactly 255 goes unseen).
         checksum = header[148:156]
-        if _octal(checksum) != sum(header) - sum(checksum) + 8 * ord(" "):
+        if (int.from_bytes(header, "little") - int.from_bytes(checksum, "little")
+                + 8 * ord(" ") - _octal(checksum)) % 255:
             if header.count(0) == _TAR_BLOCK:  # The end-of-archive block.
                 return
             raise DataError(f"wds shard {path} has a corrupt tar header at byte {offset}")
