@@ -108,7 +108,6 @@ def test_empty_shards_are_skipped_and_counted(tmp_path, caplog):
     assert "2 empty shards skipped" in caplog.text
     source = shard_source.train_source(cfg, 0, 0, 0, 1)
     assert sorted(int(r[1]) for r in source.stream.take(3).as_numpy_iterator()) == [0, 1, 2]
-    assert len(iterate(f"wds:{tmp_path}/*.tar", batches=3)) == 3
 
 
 def test_only_empty_shards_are_refused(tmp_path):
