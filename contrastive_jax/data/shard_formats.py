@@ -196,17 +196,24 @@ def _feature_captions(feature, caption_key: str, key: str, path: str) -> list[by
     return list(feature.bytes_list.value)
 
 
+def _first_bytes(features, name: str) -> bytes:
+    """The first value of a bytes feature, b"" if the example lacks it."""
+    feature = features.get(name)
+    return feature.bytes_list.value[0] if feature is not None and feature.bytes_list.value else b""
+
+
 def tfrecord_samples(path: str, caption_key: str) -> Iterator[Sample]:
     """The samples of a TFRecord shard, in order."""
     try:
         for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
             features = tf.train.Example.FromString(record).features.feature
-            text = lambda name: (features[name].bytes_list.value[:1] or [b""])[0]  # noqa: E731
-            key = text("key").decode("utf-8", "replace")
-            image = next((text(e) for e in IMAGE_FIELDS if text(e)), b"")
+            key = _first_bytes(features, "key").decode("utf-8", "replace")
+            image = next((_first_bytes(features, e) for e in IMAGE_FIELDS
+                          if _first_bytes(features, e)), b"")
             captions = (_feature_captions(features[caption_key], caption_key, key, path)
                         if caption_key in features else None)
-            yield Sample(key, image, captions, text("status") in (b"", b"success"))
+            yield Sample(key, image, captions,
+                         _first_bytes(features, "status") in (b"", b"success"))
     except tf.errors.OpError as error:
         raise DataError(f"tfrecord shard {path} is cut short or corrupt: "
                         f"{error.message.strip().splitlines()[0]}") from None
