@@ -59,6 +59,8 @@ RANGES = {
     "num_epochs": POSITIVE,
     "grad_cache_chunks": AT_LEAST_ONE,
     "data.image_size": AT_LEAST_ONE,
+    "data.shard_window": AT_LEAST_ONE,
+    "data.shuffle_buffer": AT_LEAST_ONE,
     "data.crop_area_min": AREA,
     "data.color_strength": NON_NEGATIVE,
     "data.grayscale_prob": FRACTION,

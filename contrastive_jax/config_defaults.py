@@ -263,7 +263,11 @@ def _add_image_text_fields(config: ml_collections.ConfigDict, method: str) -> No
     del config.loss["temperature"]
     config.data.tokenizer = "bytes"  # or the path of a SentencePiece .model file
     config.data.max_text_len = 32  # Tokens per caption, BOS and EOS included (CLIP: 77).
-    config.data.caption_key = ""  # "": captions from class names; else a TFDS text feature.
+    # "": captions from class names (wds:/tfrecord: shards: their "txt"); else a TFDS text
+    # feature, or the shards' column (a .json field or TFRecord feature; a list: several).
+    config.data.caption_key = ""
+    config.data.shard_window = 8  # wds:/tfrecord: shards read at once, shuffled together
+    config.data.shuffle_buffer = 50_000  # Encoded samples shuffled at once (tfds:, shards)
     config.data.crop_area_min = 0.5
 
     config.model.name = "vit"  # or a ResNet name for a ResNet image tower

@@ -78,6 +78,40 @@ def image_text_b16(method: str) -> ml_collections.ConfigDict:
     return config
 
 
+def image_text_cc12m(method: str) -> ml_collections.ConfigDict:
+    """What configs/clip_rn50_cc12m.py and siglip_rn50_cc12m.py share: open_clip's CC12M run
+    (its README: 4 GPUs x 320 = batch 1,280, 32 epochs, 10,000 warmup steps then cosine decay,
+    its default for each), a ResNet-50 image tower at 224x224 (open_clip's crops: 90-100% of
+    the area), CLIP's 12-layer 512-wide text transformer over 77 tokens, bfloat16, zero-shot on
+    ImageNet. The data are img2dataset's webdataset shards at a placeholder glob."""
+    config = base(method)
+    config.batch_size = 1280
+    config.num_epochs = 32.0
+    config.log_every = 100
+    config.eval_every = 5000
+    config.eval_at_start = False
+    config.checkpoint_every = 2000
+
+    config.data.source = "wds:/path/to/cc12m/*.tar"  # --config.data.source=wds:GLOB
+    config.data.image_size = 224
+    config.data.crop_area_min = 0.9
+    config.data.max_text_len = 77
+
+    config.model.name = "resnet50"
+    config.model.stem = "imagenet"
+    config.model.dtype = "bfloat16"
+    config.model.embed_dim = 1024
+    config.model.text_width = 512
+    config.model.text_depth = 12
+    config.model.text_heads = 8
+
+    config.optimizer.warmup_steps = 10_000
+    config.eval.batch_size = 1024
+    config.eval.zeroshot_source = "tfds:imagenet2012"
+    config.eval.zeroshot_split = "validation"
+    return config
+
+
 def cifar10_run(config: ml_collections.ConfigDict,
                 model: str | None = "resnet18") -> ml_collections.ConfigDict:
     """What the image methods' CIFAR-10 recipes share: TFDS cifar10 (or `folder:PATH`) at 32x32

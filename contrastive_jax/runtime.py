@@ -86,8 +86,8 @@ def initialize_distributed() -> None:
 def start() -> None:
     """Before a command's work: tf.data kept off the accelerators (they are JAX's), the
     libraries' logs quiet, jax.distributed started where the run spans several processes."""
-    from contrastive_jax import data
-    data.keep_tensorflow_off_accelerators()
+    from contrastive_jax.data import availability
+    availability.keep_tensorflow_off_accelerators()
     quiet_library_logs()
     drop_closed_event_loop_reports()
     initialize_distributed()

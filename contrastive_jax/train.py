@@ -20,7 +20,8 @@ import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 from clu import parameter_overview
 
-from contrastive_jax import checkpoints, config_checks, data, train_step
+from contrastive_jax import checkpoints, config_checks, train_step
+from contrastive_jax.data import availability
 from contrastive_jax import workdir as workdir_lib
 from contrastive_jax.evaluation import evaluators, linear_protocol
 from contrastive_jax.parallel.layout import Layout
@@ -73,7 +74,7 @@ class Trainer:
         """Claims `workdir` for this run (`workdir_lib`), refuses it if it holds another
         config's checkpoints, and writes its config.json."""
         config_checks.check_ranges(config)
-        self.info = data.dataset_info(config.data)
+        self.info = availability.dataset_info(config.data)
         self.config = config = config_checks.resolve_steps(config, self.info.num_train_examples)
         train_step.validate(config)
         workdir_lib.check_writable(workdir)

@@ -6,6 +6,7 @@ conftest.py's directory (tests/) is on sys.path, so any test module imports thes
 """
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -56,6 +57,17 @@ def image_text_config(method, **overrides):
         "model.variant": "mu/4", "model.embed_dim": 16, "model.text_width": 32,
         "model.text_depth": 1, "model.text_heads": 2, "data.max_text_len": 24,
         "eval.batch_size": 16, "eval_every": -1, "total_steps": 3, **overrides})
+
+
+def first_per_class(root, destination, per_class, split="train"):
+    """Copies the first `per_class` images (by name) of each class of ROOT/split into
+    DESTINATION/split; returns DESTINATION, a smaller image folder."""
+    for class_dir in sorted((root / split).iterdir()):
+        target = destination / split / class_dir.name
+        target.mkdir(parents=True)
+        for path in sorted(class_dir.iterdir())[:per_class]:
+            shutil.copyfile(path, target / path.name)
+    return destination
 
 
 def synthetic_batches(config, count):

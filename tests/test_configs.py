@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from contrastive_jax import config_checks, main, methods, train_step
+from contrastive_jax.data import numpy_data
 from contrastive_jax.logging import MetricWriter
 from contrastive_jax.methods import simclr, supcon
 
@@ -43,6 +44,19 @@ def test_image_text_configs_have_no_temperature():
     """The scale is learned; a temperature override would silently mean nothing."""
     config = load_config(os.path.join(REPO, "configs", "clip_cifar10.py"))
     assert "temperature" not in config.loss and config.loss.max_scale == 100.0
+
+
+def test_cc12m_configs_read_webdataset_shards_with_one_recipe():
+    """clip_rn50_cc12m (open_clip's CC12M run) and its SigLIP counterpart read the same wds:
+    glob with the same towers, batch and schedule; only the loss and the optimizer differ."""
+    clip, siglip = (load_config(os.path.join(REPO, "configs", f"{method}_rn50_cc12m.py"))
+                    for method in ("clip", "siglip"))
+    assert numpy_data.parse_source(clip.data.source)[0] == "wds"
+    assert clip.data.to_dict() == siglip.data.to_dict()
+    assert clip.model.to_dict() == siglip.model.to_dict() and clip.model.name == "resnet50"
+    assert (clip.batch_size, clip.num_epochs, clip.optimizer.warmup_steps) == (
+        siglip.batch_size, siglip.num_epochs, siglip.optimizer.warmup_steps) == (1280, 32, 10_000)
+    assert (clip.method, siglip.method) == ("clip", "siglip")
 
 
 def test_supcon_with_unique_labels_equals_simclr():

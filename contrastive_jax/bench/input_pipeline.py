@@ -10,7 +10,11 @@ multi-crop), "eval" (decode + centre crop) and, with --reference_data_util, "ref
 the SimCLR reference's own training preprocessing (google-research/simclr, tf2/data_util.py, taken
 from a clone of that repository: it is not part of this project) twice per example, as its run.py
 pretrains, over the same JPEGs with the same tf.data settings; then a "ratio" line, ours over the
-reference. Nothing runs on an accelerator; the figures say how many examples per second this host's
+reference. The image-text cases read the same images for CLIP / SigLIP (one view, a class-name
+caption, tokenised): "image_text_folder" from --source (a folder), "image_text_wds" and
+"image_text_tfrecord" from shards of it that tools.make_shards writes into a temporary folder
+(--shard_size samples each), then a "ratio" line per shard format, over the folder. Nothing runs on
+an accelerator; the figures say how many examples per second this host's
 CPUs can feed a training step. `cpu_us_per_example` (CPU time of this process, all threads) is
 steadier than examples/s when other work shares the machine.
 """
@@ -18,11 +22,14 @@ steadier than examples/s when other work shares the machine.
 from __future__ import annotations
 
 import argparse
+import atexit
 import collections
 import importlib.util
 import json
 import os
+import shutil
 import statistics
+import tempfile
 import time
 from types import ModuleType
 from typing import Iterator
@@ -31,7 +38,8 @@ import ml_collections
 import tensorflow as tf
 
 from contrastive_jax import cli, config_defaults
-from contrastive_jax.data import sources as data_sources, input_pipeline
+from contrastive_jax.data import image_text_pipeline, sources as data_sources, input_pipeline
+from contrastive_jax.tools import make_shards
 
 # The reference's CIFAR-10 pretraining settings (its README: --image_size=32
 # --color_jitter_strength=0.5 --use_blur=False); blur, when on, is its batch_random_blur.
@@ -46,6 +54,26 @@ def data_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
         eval_split=args.eval_split, color_strength=args.color_strength, blur=bool(args.blur),
         crop_area_min=0.08, solarize_prob=0.0, shuffle_files=True))
     return cfg
+
+
+def image_text_config(args: argparse.Namespace, source: str) -> ml_collections.ConfigDict:
+    """clip_cifar10's data settings (crop area 0.5-1, byte tokens) over `source`."""
+    return ml_collections.ConfigDict(dict(
+        source=source, data_dir=args.data_dir, image_size=args.image_size, train_split="train",
+        crop_area_min=0.5, tokenizer="bytes", max_text_len=48, caption_key=""))
+
+
+def shard_source(args: argparse.Namespace, fmt: str, written: dict[str, str]) -> str:
+    """The `fmt:GLOB` source of --source's training split as shards, written on first use
+    into a temporary folder removed when the bench exits."""
+    if fmt not in written:
+        scratch = tempfile.mkdtemp(prefix="bench_shards_")
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+        out = os.path.join(scratch, fmt)
+        make_shards.write_shards(image_text_config(args, args.source), "train", fmt, out,
+                                 args.shard_size)
+        written[fmt] = f"{fmt}:{out}/*"
+    return written[fmt]
 
 
 def measure(iterator: Iterator, batch_size: int, steps: int, warmup: int) -> dict:
@@ -131,9 +159,12 @@ def main(argv=None) -> None:
     parser.add_argument("--small_crops", type=int, default=6, help="train_multi_crop's crops")
     parser.add_argument("--small_crop_size", type=int, default=16,
                         help="train_multi_crop's crop side (SwAV: 96 at 224)")
+    parser.add_argument("--shard_size", type=int, default=1000,
+                        help="samples per shard of the image_text_wds / _tfrecord cases")
     parser.add_argument("--cases", default=None,
                         help="comma-separated; default: train_two_views,eval, plus "
-                             "reference_two_views with --reference_data_util")
+                             "reference_two_views with --reference_data_util; also "
+                             "image_text_folder, image_text_wds, image_text_tfrecord")
     parser.add_argument("--reference_data_util", default="",
                         help="path to tf2/data_util.py of a google-research/simclr clone")
     parser.add_argument("--repeats", type=int, default=1,
@@ -149,7 +180,7 @@ def main(argv=None) -> None:
     common = {"source": args.source, "batch_size": args.batch_size,
               "image_size": args.image_size, "blur": bool(args.blur),
               "cpus": os.cpu_count()}
-    results = collections.defaultdict(list)
+    results, shards = collections.defaultdict(list), {}
     for case in cases.split(",") * args.repeats:
         steps, warmup = args.steps, args.warmup
         if case == "train_two_views":
@@ -163,6 +194,12 @@ def main(argv=None) -> None:
                 raise ValueError("case reference_two_views needs --reference_data_util=PATH")
             iterator = reference_iterator(load_reference(args.reference_data_util), cfg,
                                           args.batch_size)
+        elif case in ("image_text_folder", "image_text_wds", "image_text_tfrecord"):
+            fmt = case.rsplit("_", 1)[1]
+            source = args.source if fmt == "folder" else shard_source(args, fmt, shards)
+            iterator = image_text_pipeline.train_iterator(
+                image_text_config(args, source), global_batch_size=args.batch_size, seed=0,
+                process_index=0, process_count=1)
         elif case == "eval":
             iterator = input_pipeline.eval_iterator(cfg, args.eval_split,
                                                     global_batch_size=args.batch_size,
@@ -173,11 +210,22 @@ def main(argv=None) -> None:
             steps = min(args.steps, batches - warmup)
         else:
             raise SystemExit(f"unknown case {case!r}: use train_two_views, train_multi_crop, "
-                             "reference_two_views and/or eval")
+                             "reference_two_views, eval, image_text_folder, image_text_wds "
+                             "and/or image_text_tfrecord")
         results[case].append(measure(iterator, args.batch_size, steps, warmup))
         print(json.dumps({"case": case, **common, **results[case][-1]}), flush=True)
+    median = lambda case, key: statistics.median(r[key] for r in results[case])  # noqa: E731
+    for case in ("image_text_wds", "image_text_tfrecord"):
+        if {case, "image_text_folder"} <= set(results):
+            print(json.dumps({
+                "case": "ratio", **common, "repeats": args.repeats,
+                f"examples_per_sec_{case}_over_folder": round(
+                    median(case, "examples_per_sec")
+                    / median("image_text_folder", "examples_per_sec"), 3),
+                f"cpu_per_example_folder_over_{case}": round(
+                    median("image_text_folder", "cpu_us_per_example")
+                    / median(case, "cpu_us_per_example"), 3)}), flush=True)
     if {"train_two_views", "reference_two_views"} <= set(results):
-        median = lambda case, key: statistics.median(r[key] for r in results[case])  # noqa: E731
         print(json.dumps({
             "case": "ratio", **common, "repeats": args.repeats,
             "examples_per_sec_ours_over_reference": round(

@@ -1,10 +1,12 @@
 """Image-text pairs for CLIP and SigLIP: an augmented image and a tokenised caption per example.
 
-Captions come from one of two places:
+Captions come from one of three places:
 
 - a TFDS text feature named by `data.caption_key` (a path such as "captions/text" for
   coco_captions, which holds several captions per image, or "caption" for one per image): each
   epoch, one of the example's captions is drawn;
+- the shards of a `wds:` or `tfrecord:` source (shard_source): the column data.caption_key names
+  ("txt" when empty), one of several drawn each epoch;
 - the class name, when caption_key is "" (labelled sources: folder, demo, synthetic, labelled
   TFDS): one of `zeroshot.TRAIN_TEMPLATES` is drawn and filled with it (zero-shot evaluation
   prompts with the held-out `zeroshot.EVAL_TEMPLATES`).
@@ -23,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from contrastive_jax.augment import tf_ops
-from contrastive_jax.data import sources as data_sources, input_pipeline, numpy_data
+from contrastive_jax.data import sources as data_sources, input_pipeline, numpy_data, shard_source
 from contrastive_jax.evaluation import zeroshot
 from contrastive_jax.data.sources import DataError
 from contrastive_jax.data.tokenizer import Tokenizer, get_tokenizer
@@ -35,14 +37,15 @@ def class_captions(class_name: str) -> list[str]:
 
 def has_captions(data_config) -> bool:
     """Whether captions come from a TFDS text feature (data.caption_key), not class names."""
-    return bool(data_config.get("caption_key", ""))
+    kind, _ = data_sources.parse_source(data_config.source)
+    return bool(data_config.get("caption_key", "")) and kind not in data_sources.SHARD_FORMATS
 
 
 # ------------------------------------------------------------------------------------------------
 # Where captions come from.
 
 
-class _Captions(NamedTuple):
+class Captions(NamedTuple):
     """How a source's records turn into candidate captions."""
 
     fields: Callable[[dict], tuple] | None  # TFDS fields after the image; None: the label only.
@@ -93,7 +96,11 @@ def _label_getter(builder, data_config) -> Callable[[dict], tf.Tensor] | None:
     return lambda example: tf.cast(example[label_key], tf.int32)
 
 
-def _caption_source(data_config) -> _Captions:
+def caption_source(data_config) -> Captions:
+    """How `data_config`'s records turn into candidate captions."""
+    kind, _ = data_sources.parse_source(data_config.source)
+    if kind in data_sources.SHARD_FORMATS:  # shard_source reads the captions.
+        return Captions(None, lambda _, captions: captions, False)
     if has_captions(data_config):
         builder = _caption_builder(data_config)
         key = str(data_config.caption_key)
@@ -103,8 +110,7 @@ def _caption_source(data_config) -> _Captions:
             value = label(example) if label is not None else tf.constant(-1)
             return value, _example_captions(example, key)
 
-        return _Captions(fields, lambda _, captions: captions, label is not None)
-    kind, _ = data_sources.parse_source(data_config.source)
+        return Captions(fields, lambda _, captions: captions, label is not None)
     if kind == "tfds":
         builder = data_sources.tfds_builder(data_config)
         if _label_getter(builder, data_config) is None:
@@ -113,7 +119,7 @@ def _caption_source(data_config) -> _Captions:
                             "class names; set data.caption_key to one of its text features")
     names = data_sources.class_names(data_config)
     table = tf.constant([class_captions(name) for name in names])  # [classes, templates]
-    return _Captions(None, lambda label: tf.gather(table, label), True)
+    return Captions(None, lambda label: tf.gather(table, label), True)
 
 
 def _choose(candidates: tf.Tensor, seed) -> tf.Tensor:
@@ -128,7 +134,7 @@ def _choose(candidates: tf.Tensor, seed) -> tf.Tensor:
 # Iterators.
 
 
-def _train_map(data_config, seed: int, read, captions: _Captions):
+def _train_map(data_config, seed: int, read, captions: Captions):
     size = int(data_config.image_size)
     area_range = (float(data_config.get("crop_area_min", 0.08)), 1.0)
 
@@ -177,9 +183,12 @@ def train_iterator(data_config, *, global_batch_size: int, seed: int, start_step
         raise ValueError(f"start_step must be >= 0, got {start_step}")
     start = start_step * n  # Examples this host has consumed before start_step.
     tokenizer = get_tokenizer(data_config)
-    captions = _caption_source(data_config)
-    source = input_pipeline.train_source(data_config, seed, start, process_index, process_count,
-                                         captions.fields)
+    captions = caption_source(data_config)
+    if data_sources.parse_source(data_config.source)[0] in data_sources.SHARD_FORMATS:
+        source = shard_source.train_source(data_config, seed, start, process_index, process_count)
+    else:
+        source = input_pipeline.train_source(data_config, seed, start, process_index,
+                                             process_count, captions.fields)
     ds = source.stream.map(_train_map(data_config, seed, source.read, captions),
                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(n, drop_remainder=True).map(

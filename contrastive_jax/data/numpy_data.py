@@ -47,11 +47,11 @@ def parse_source(source: str) -> tuple[str, str]:
     kind, _, arg = str(source).partition(":")
     if kind in ("demo", "synthetic") and not arg:
         return kind, ""
-    if kind in ("folder", "tfds") and arg:
+    if kind in ("folder", "tfds", "wds", "tfrecord") and arg:
         return kind, arg
     raise DataError(
-        f"unknown data source {source!r}: expected 'folder:PATH', 'tfds:NAME[:VERSION]', 'demo' "
-        "or 'synthetic'")
+        f"unknown data source {source!r}: expected 'folder:PATH', 'tfds:NAME[:VERSION]', "
+        "'wds:GLOB', 'tfrecord:GLOB', 'demo' or 'synthetic'")
 
 
 def _list_class_dirs(folder: str) -> list[str]:

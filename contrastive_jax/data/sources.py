@@ -5,6 +5,8 @@
                  1,000 test, the first 400 / last 100 of each digit.
 - `tfds:NAME[:VERSION]`  a prepared TFDS dataset in `config.data.data_dir` (features image, label).
 - `synthetic`    random uint8 images and labels, generated per example index.
+- `wds:GLOB`, `tfrecord:GLOB`  image-text shards as img2dataset writes them (shard_index, shard_source), for
+                 the image-text methods.
 
 Folder, demo and synthetic splits load any example by index (`indexed_split`); TFDS splits are
 read as records in file order (`tfds_records`). A source that cannot be used raises DataError,
@@ -27,6 +29,8 @@ import tensorflow as tf
 
 # The folder layout and source names, shared with the path that runs without TensorFlow.
 from contrastive_jax.data.numpy_data import DataError, DatasetInfo, folder_files, parse_source
+from contrastive_jax.data import shard_index
+from contrastive_jax.data.shard_formats import FORMATS as SHARD_FORMATS
 
 try:  # TensorFlow must not take GPU memory next to JAX.
     tf.config.set_visible_devices([], "GPU")
@@ -146,6 +150,9 @@ def indexed_split(data_config, split: str) -> IndexedSplit:
         return _array_split(f"demo/{split}", images, labels, 10)
     if kind == "synthetic":
         return _synthetic_split(data_config, split)
+    if kind in SHARD_FORMATS:
+        raise DataError(f"source {data_config.source!r} holds image-text shards, which only the "
+                        "image-text methods (clip, siglip) read")
     raise DataError(f"source {data_config.source!r} is not index-addressable")
 
 
@@ -220,6 +227,8 @@ def num_examples(data_config, split: str) -> int:
     kind, _ = parse_source(data_config.source)
     if kind == "tfds":
         return tfds_num_examples(tfds_builder(data_config), split)
+    if kind in SHARD_FORMATS:  # The glob is the training split.
+        return shard_index.dataset_info(data_config).num_train_examples
     return indexed_split(data_config, split).num_examples
 
 
@@ -248,5 +257,7 @@ def dataset_info(data_config) -> DatasetInfo:
         num_classes = (int(builder.info.features[label_key].num_classes)
                        if label_key in builder.info.features.keys() else 0)
         return DatasetInfo(tfds_num_examples(builder, train), num_classes)
+    if kind in SHARD_FORMATS:
+        return shard_index.dataset_info(data_config)
     split = indexed_split(data_config, train)
     return DatasetInfo(split.num_examples, split.num_classes)
