@@ -53,28 +53,13 @@ def image_text_b16(method: str) -> ml_collections.ConfigDict:
     TFDS image-caption set (coco_captions by default; the papers' WIT and WebLI are not public),
     ViT-B/16 at 224x224 in bfloat16, zero-shot on ImageNet. Each config adds its paper's towers,
     loss and optimizer settings."""
-    config = base(method)
-    config.batch_size = 32_768
-    config.num_epochs = 32.0
-    config.log_every = 100
-    config.eval_every = 5000
-    config.eval_at_start = False
-    config.checkpoint_every = 2000
-
+    config = _image_text_at_scale(method, batch_size=32_768, eval_batch_size=4096)
     config.data.source = "tfds:coco_captions"
     config.data.caption_key = "captions/text"
     config.data.eval_split = "val"
-    config.data.image_size = 224
-    config.data.crop_area_min = 0.9
     config.data.eval_crop_fraction = 0.875
-
     config.model.name = "vit"
     config.model.variant = "B/16"
-    config.model.dtype = "bfloat16"
-
-    config.eval.batch_size = 4096
-    config.eval.zeroshot_source = "tfds:imagenet2012"
-    config.eval.zeroshot_split = "validation"  # TFDS's name; coco_captions' eval split is "val".
     return config
 
 
@@ -84,29 +69,35 @@ def image_text_cc12m(method: str) -> ml_collections.ConfigDict:
     its default for each), a ResNet-50 image tower at 224x224 (open_clip's crops: 90-100% of
     the area), CLIP's 12-layer 512-wide text transformer over 77 tokens, bfloat16, zero-shot on
     ImageNet. The data are img2dataset's webdataset shards at a placeholder glob."""
+    config = _image_text_at_scale(method, batch_size=1280, eval_batch_size=1024)
+    config.data.source = "wds:/path/to/cc12m/*.tar"  # --config.data.source=wds:GLOB
+    config.data.max_text_len = 77
+    config.model.name = "resnet50"
+    config.model.stem = "imagenet"
+    config.model.embed_dim = 1024
+    config.model.text_width = 512
+    config.model.text_depth = 12
+    config.model.text_heads = 8
+    config.optimizer.warmup_steps = 10_000
+    return config
+
+
+def _image_text_at_scale(method: str, *, batch_size: int, eval_batch_size: int
+                         ) -> ml_collections.ConfigDict:
+    """What the large image-text recipes share: 32 epochs at 224x224 (crops of 90-100% of the
+    area) in bfloat16, a log line every 100 steps, a checkpoint every 2,000, zero-shot on
+    ImageNet's validation split every 5,000 (TFDS's name for it) and not at the start."""
     config = base(method)
-    config.batch_size = 1280
+    config.batch_size = batch_size
     config.num_epochs = 32.0
     config.log_every = 100
     config.eval_every = 5000
     config.eval_at_start = False
     config.checkpoint_every = 2000
-
-    config.data.source = "wds:/path/to/cc12m/*.tar"  # --config.data.source=wds:GLOB
     config.data.image_size = 224
     config.data.crop_area_min = 0.9
-    config.data.max_text_len = 77
-
-    config.model.name = "resnet50"
-    config.model.stem = "imagenet"
     config.model.dtype = "bfloat16"
-    config.model.embed_dim = 1024
-    config.model.text_width = 512
-    config.model.text_depth = 12
-    config.model.text_heads = 8
-
-    config.optimizer.warmup_steps = 10_000
-    config.eval.batch_size = 1024
+    config.eval.batch_size = eval_batch_size
     config.eval.zeroshot_source = "tfds:imagenet2012"
     config.eval.zeroshot_split = "validation"
     return config
