@@ -16,6 +16,7 @@ branches on the wrapper or rebuilds the mesh.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import jax
@@ -129,4 +130,11 @@ class Layout:
         as the evaluation functions take variables."""
         if not self.is_fsdp:
             return tree
-        return jax.jit(lambda x: x, out_shardings=NamedSharding(self.mesh, PartitionSpec()))(tree)
+        return _gather_whole(self.mesh)(tree)
+
+
+@functools.lru_cache(maxsize=None)
+def _gather_whole(mesh: Mesh) -> Callable:
+    """The identity, jitted once per mesh, whose outputs are replicated over `mesh`: every
+    evaluation of a run reuses one compiled gather instead of tracing a new one."""
+    return jax.jit(lambda tree: tree, out_shardings=NamedSharding(mesh, PartitionSpec()))
